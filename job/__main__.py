@@ -1,0 +1,5 @@
+"""`python -m job` is the `job` command."""
+
+from job.cli import main
+
+main()

@@ -1,0 +1,589 @@
+"""Having a valid bearer token: obtain, reuse, renew early, renew once on a 401.
+
+`TokenManager` is a `requests.auth.AuthBase`, so every request, a retried one
+included, asks it for the current token at the moment it is sent. Tokens live
+in memory only. Neither a token nor a secret is ever logged: events carry a
+short fingerprint (a hash, never a prefix), the lifetime and the scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import requests
+import structlog
+from requests.auth import AuthBase
+
+from job.clock import Clock
+from job.config import ProviderSettings
+from job.errors import AuthError, PermanentAuthError, TransientAuthError
+from job.logs import SECRETS
+from job.retry import RetryPolicy
+from job.stats import current_stats
+
+log = structlog.get_logger("job.auth")
+
+# RFC 6749 section 5.2 codes that no retry can cure.
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_client",
+        "unauthorized_client",
+        "invalid_scope",
+        "unsupported_grant_type",
+        "invalid_request",
+        "invalid_grant",
+        "access_denied",
+    }
+)
+_HINTS = {
+    "invalid_client": "check client_id and client_secret, and auth_method",
+    "unauthorized_client": "the client may not use the client_credentials grant",
+    "invalid_scope": "check the scope spelling (Entra ID wants api://<app>/.default)",
+    "unsupported_grant_type": "the provider does not offer client_credentials",
+    "invalid_request": "check audience, resource and extra_params",
+}
+
+
+def fingerprint(token: str) -> str:
+    """A short, stable name for a token that reveals nothing of it."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def basic_credentials(client_id: str, secret: str) -> str:
+    """The client_secret_basic header value, encoded as RFC 6749 section 2.3.1 asks.
+
+    The id and the secret are each form-urlencoded before Base64, so a secret
+    holding `:`, `+`, `%` or a space reaches a strict server intact.
+    """
+    pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token and what we know of its life. Its repr hides the value."""
+
+    value: str
+    token_type: str
+    scope: str | None
+    lifetime_s: float
+    obtained_at: datetime
+    expires_at: datetime
+    expires_mono: float
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.value)
+
+    def remaining_s(self, monotonic: float) -> float:
+        return self.expires_mono - monotonic
+
+    def __repr__(self) -> str:
+        return f"Token(fingerprint={self.fingerprint!r}, expires_at={self.expires_at})"
+
+
+def cache_key(provider: ProviderSettings) -> tuple[str | None, ...]:
+    """Sources whose token requests would be identical share one token."""
+    return (
+        provider.token_url,
+        provider.client_id,
+        provider.scope,
+        provider.audience,
+        provider.resource,
+        provider.auth_method,
+    )
+
+
+class TokenManager(AuthBase):
+    """Attaches a valid bearer token to each request and keeps it valid."""
+
+    def __init__(
+        self,
+        provider: ProviderSettings,
+        *,
+        session: requests.Session,
+        clock: Clock,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.provider = provider
+        self._session = session
+        self._clock = clock
+        self._policy = policy or RetryPolicy()
+        self._lock = threading.Lock()
+        self._token: Token | None = None
+        self._warned_no_lifetime = False
+        self.requests_made = 0
+        if provider.client_secret is not None:
+            SECRETS.add(provider.client_secret.get_secret_value())
+
+    # requests.auth.AuthBase
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        token = self.token()
+        request.headers["Authorization"] = f"Bearer {token.value}"
+        request.register_hook("response", self._renew_on_401)
+
+        return request
+
+    # The token itself
+
+    def token(self) -> Token:
+        """A token valid for at least the leeway; at most one request in flight."""
+        with self._lock:
+            current = self._token
+            now = self._clock.monotonic()
+            if current is not None:
+                remaining = current.remaining_s(now)
+                leeway = self._leeway_s(current)
+                if remaining > leeway:
+                    log.debug(
+                        "token.reused",
+                        provider=self.provider.name,
+                        fingerprint=current.fingerprint,
+                        remaining_s=round(remaining, 1),
+                    )
+                    return current
+                log.info(
+                    "token.expiring",
+                    provider=self.provider.name,
+                    fingerprint=current.fingerprint,
+                    remaining_s=round(remaining, 1),
+                    leeway_s=round(leeway, 1),
+                )
+            self._token = self._obtain(
+                reason="expiring" if current else "initial", previous=current
+            )
+            return self._token
+
+    def invalidate(self, value: str | None = None) -> None:
+        """Forget the token (only if it is still `value`, when given)."""
+        with self._lock:
+            if self._token is not None and value in (None, self._token.value):
+                self._token = None
+
+    def renew_after_rejection(self, rejected: str) -> Token:
+        """A new token after `rejected` was refused, unless one came already."""
+        with self._lock:
+            current = self._token
+            if current is not None and current.value != rejected:
+                return current
+            self._token = self._obtain(reason="rejected", previous=current)
+            return self._token
+
+    def _leeway_s(self, token: Token) -> float:
+        if self.provider.leeway_s is not None:
+            return self.provider.leeway_s
+        return min(60.0, token.lifetime_s / 10)
+
+    # One 401 means the token may have been revoked or rotated: renew and resend
+    # once. A second 401 with a fresh token means the grant itself is wrong.
+
+    def _renew_on_401(
+        self, response: requests.Response, **kwargs: Any
+    ) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        sent = _bearer_of(response.request)
+        log.warning(
+            "token.rejected",
+            provider=self.provider.name,
+            fingerprint=fingerprint(sent) if sent else None,
+            status=401,
+            attempt=1,
+            www_authenticate=response.headers.get("WWW-Authenticate"),
+        )
+        fresh = self.renew_after_rejection(sent or "")
+        _ = response.content
+        response.close()
+        retry = response.request.copy()
+        retry.headers["Authorization"] = f"Bearer {fresh.value}"
+        connection = response.connection  # type: ignore[attr-defined]
+        second: requests.Response = connection.send(retry, **kwargs)
+        second.history.append(response)
+        second.request = retry
+        if second.status_code == 401:
+            log.warning(
+                "token.rejected",
+                provider=self.provider.name,
+                fingerprint=fresh.fingerprint,
+                status=401,
+                attempt=2,
+                www_authenticate=second.headers.get("WWW-Authenticate"),
+            )
+            self.invalidate(fresh.value)
+
+        return second
+
+    # The client-credentials grant, RFC 6749 section 4.4
+
+    def _obtain(self, *, reason: str, previous: Token | None) -> Token:
+        started = self._clock.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                token = self._request_once(reason=reason, attempt=attempt)
+            except TransientAuthError as exc:
+                self._wait_or_give_up(exc, attempt, started)
+                continue
+            except PermanentAuthError as exc:
+                self._log_failure(exc, attempt)
+                raise
+            event = "token.renewed" if previous is not None else "token.acquired"
+            log.info(
+                event,
+                provider=self.provider.name,
+                fingerprint=token.fingerprint,
+                expires_in=round(token.lifetime_s),
+                expires_at=token.expires_at.isoformat(),
+                scope=token.scope,
+                reason=reason,
+            )
+            return token
+
+    def _wait_or_give_up(
+        self, exc: TransientAuthError, attempt: int, started: float
+    ) -> None:
+        retry_after = getattr(exc, "retry_after", None)
+        wait = self._policy.wait(attempt, retry_after, self._clock.now())
+        elapsed = self._clock.monotonic() - started
+        if not self._policy.has_attempts_left(
+            attempt
+        ) or not self._policy.fits_deadline(elapsed, wait.seconds):
+            self._log_failure(exc, attempt)
+            raise exc
+        log.warning(
+            "request.retry_scheduled",
+            target="token",
+            provider=self.provider.name,
+            attempt=attempt,
+            reason=exc.message,
+            status=exc.status,
+            wait_s=round(wait.seconds, 3),
+            wait_source=wait.source,
+            note=wait.note,
+        )
+        stats = current_stats()
+        stats.retries += 1
+        if exc.status == 429:
+            stats.rate_limit_waits += 1
+        self._clock.sleep(wait.seconds)
+
+    def _log_failure(self, exc: AuthError, attempt: int) -> None:
+        log.error(
+            "token.failed",
+            provider=self.provider.name,
+            error=exc.error,
+            error_description=exc.error_description,
+            status=exc.status,
+            permanent=exc.permanent,
+            attempt=attempt,
+            message=exc.message,
+        )
+
+    def _request_once(self, *, reason: str, attempt: int) -> Token:
+        provider = self.provider
+        headers, data = self._credentials()
+        log.info(
+            "token.requested",
+            provider=provider.name,
+            token_url=provider.token_url,
+            auth_method=provider.auth_method,
+            scope=provider.scope,
+            reason=reason,
+            attempt=attempt,
+        )
+        self.requests_made += 1
+        current_stats().token_requests += 1
+        try:
+            response = self._session.post(
+                provider.token_url,
+                data=data,
+                headers=headers,
+                timeout=(provider.connect_timeout_s, provider.read_timeout_s),
+                allow_redirects=False,
+                **self._tls_options(),
+            )
+        except requests.Timeout as exc:
+            raise self._transient(
+                f"no answer within the timeout ({exc.__class__.__name__})"
+            ) from None
+        except requests.ConnectionError:
+            raise self._transient(
+                f"cannot connect to {provider.token_url}; is the provider up "
+                "and the token_url right?"
+            ) from None
+        requested_at = self._clock.now()
+
+        return parse_token_response(
+            response,
+            provider=provider,
+            obtained_at=requested_at,
+            monotonic=self._clock.monotonic(),
+            on_missing_lifetime=self._warn_missing_lifetime,
+        )
+
+    def _credentials(self) -> tuple[dict[str, str], dict[str, str]]:
+        provider = self.provider
+        data = {"grant_type": "client_credentials"}
+        if provider.scope:
+            data["scope"] = provider.scope
+        if provider.audience:
+            data["audience"] = provider.audience
+        if provider.resource:
+            data["resource"] = provider.resource
+        data.update(provider.extra_params)
+        headers = {"Accept": "application/json"}
+        if provider.auth_method == "client_secret_basic":
+            headers["Authorization"] = basic_credentials(
+                provider.client_id, self._secret()
+            )
+        elif provider.auth_method == "client_secret_post":
+            data["client_id"] = provider.client_id
+            data["client_secret"] = self._secret()
+        else:
+            raise PermanentAuthError(
+                f"provider {provider.name!r}: auth_method {provider.auth_method} "
+                "is not supported yet; use client_secret_basic or client_secret_post",
+                provider=provider.name,
+            )
+
+        return headers, data
+
+    def describe_request(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The headers and form a token request sends, with credentials masked."""
+        headers, data = self._credentials()
+        if "Authorization" in headers:
+            headers["Authorization"] = "Basic ***"
+        for name in ("client_secret", "client_assertion"):
+            if name in data:
+                data[name] = "***"
+
+        return headers, data
+
+    def _secret(self) -> str:
+        secret = self.provider.secret()
+        SECRETS.add(secret)
+        return secret
+
+    def _tls_options(self) -> dict[str, Any]:
+        return {}
+
+    def _transient(
+        self, message: str, *, status: int | None = None
+    ) -> TransientAuthError:
+        return TransientAuthError(
+            f"token request to {self.provider.token_url} failed: {message}",
+            provider=self.provider.name,
+            status=status,
+        )
+
+    def _warn_missing_lifetime(self) -> None:
+        if not self._warned_no_lifetime:
+            self._warned_no_lifetime = True
+            log.warning(
+                "token.lifetime_missing",
+                provider=self.provider.name,
+                assumed_lifetime_s=self.provider.default_lifetime_s,
+            )
+
+
+def _bearer_of(request: requests.PreparedRequest | None) -> str | None:
+    header = (request.headers.get("Authorization") if request else None) or ""
+    scheme, _, value = header.partition(" ")
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def parse_token_response(
+    response: requests.Response,
+    *,
+    provider: ProviderSettings,
+    obtained_at: datetime,
+    monotonic: float,
+    on_missing_lifetime: Any = None,
+) -> Token:
+    """A `Token` from a token endpoint's answer, or the right kind of AuthError."""
+    status = response.status_code
+    body = _json_body(response)
+    if (
+        status == 429
+        or status >= 500
+        or (isinstance(body, dict) and body.get("error") == "temporarily_unavailable")
+    ):
+        error = TransientAuthError(
+            f"token request to {provider.token_url} answered {status}"
+            + _describe_error(body),
+            provider=provider.name,
+            status=status,
+            error=_field(body, "error"),
+            error_description=_field(body, "error_description"),
+        )
+        error.retry_after = response.headers.get("Retry-After")  # type: ignore[attr-defined]
+        raise error
+    if not isinstance(body, dict):
+        kind = response.headers.get("Content-Type", "no content type")
+        raise PermanentAuthError(
+            f"token request to {provider.token_url} answered {status} with a body "
+            f"that is not JSON ({kind}); check token_url",
+            provider=provider.name,
+            status=status,
+        )
+    if "error" in body or status >= 400:
+        code = _field(body, "error")
+        hint = _HINTS.get(code or "", "check the provider settings")
+        raise PermanentAuthError(
+            f"provider {provider.name!r} refused the token request ({status})"
+            f"{_describe_error(body)}; {hint}",
+            provider=provider.name,
+            status=status,
+            error=code,
+            error_description=_field(body, "error_description"),
+        )
+    value = body.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise PermanentAuthError(
+            f"token response from {provider.token_url} has no access_token; "
+            "check token_url and the grant",
+            provider=provider.name,
+            status=status,
+        )
+    SECRETS.add(value)
+    token_type = str(body.get("token_type") or "Bearer")
+    if token_type.lower() != "bearer":
+        raise PermanentAuthError(
+            f"provider {provider.name!r} issued a {token_type!r} token; only Bearer "
+            "tokens are supported",
+            provider=provider.name,
+            status=status,
+        )
+    lifetime = _lifetime_s(body, value, obtained_at)
+    if lifetime is None:
+        if on_missing_lifetime is not None:
+            on_missing_lifetime()
+        lifetime = provider.default_lifetime_s
+    granted = body.get("scope")
+    scope = (
+        " ".join(granted) if isinstance(granted, list) else granted or provider.scope
+    )
+
+    return Token(
+        value=value,
+        token_type="Bearer",  # noqa: S106 - the scheme name, not a secret
+        scope=scope,
+        lifetime_s=lifetime,
+        obtained_at=obtained_at,
+        expires_at=obtained_at + timedelta(seconds=lifetime),
+        expires_mono=monotonic + lifetime,
+    )
+
+
+def _json_body(response: requests.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _field(body: Any, name: str) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get(name), str):
+        return str(body[name])[:300]
+    return None
+
+
+def _describe_error(body: Any) -> str:
+    code = _field(body, "error")
+    if code is None:
+        return ""
+    description = _field(body, "error_description")
+    return f": {code}" + (f" ({description})" if description else "")
+
+
+def _lifetime_s(body: dict[str, Any], token: str, now: datetime) -> float | None:
+    """Seconds the token lives: expires_in, then expires_on/at, then a JWT's exp."""
+    expires_in = _number(body.get("expires_in"))
+    if expires_in is not None:
+        return max(0.0, expires_in)
+    for name in ("expires_on", "expires_at"):
+        when = _instant(body.get(name))
+        if when is not None:
+            return max(0.0, (when - now).total_seconds())
+    exp = _jwt_exp(token)
+    if exp is not None:
+        return max(0.0, (exp - now).total_seconds())
+
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _instant(value: Any) -> datetime | None:
+    seconds = _number(value)
+    if seconds is not None:
+        return datetime.fromtimestamp(seconds, UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _jwt_exp(token: str) -> datetime | None:
+    # Only to learn the expiry: verifying the signature is the resource's job.
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = orjson.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    exp = _number(claims.get("exp")) if isinstance(claims, dict) else None
+
+    return datetime.fromtimestamp(exp, UTC) if exp is not None else None
+
+
+class TokenManagers:
+    """One manager per distinct token request, shared by the sources that use it."""
+
+    def __init__(
+        self,
+        *,
+        session: requests.Session,
+        clock: Clock,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self._session = session
+        self._clock = clock
+        self._policy = policy
+        self._managers: dict[tuple[str | None, ...], TokenManager] = {}
+        self._lock = threading.Lock()
+
+    def for_provider(self, provider: ProviderSettings) -> TokenManager:
+        key = cache_key(provider)
+        with self._lock:
+            manager = self._managers.get(key)
+            if manager is None:
+                manager = TokenManager(
+                    provider,
+                    session=self._session,
+                    clock=self._clock,
+                    policy=self._policy,
+                )
+                self._managers[key] = manager
+            return manager

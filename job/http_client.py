@@ -1,0 +1,197 @@
+"""One robust HTTP round trip: timeouts on every request, bounded retries.
+
+The loop is plain: send, ask the `RetryPolicy` whether and how long to wait,
+sleep through the injected clock, send again. Each retried request asks its
+auth for the token afresh, so it never carries a token that was renewed since.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import requests
+import structlog
+
+from job.clock import Clock
+from job.errors import PermanentFetchError, TransientFetchError
+from job.retry import RetryPolicy
+from job.stats import current_stats
+
+log = structlog.get_logger("job.http")
+
+_SENSITIVE_PARAMS = frozenset(
+    {
+        "access_token",
+        "token",
+        "id_token",
+        "refresh_token",
+        "client_secret",
+        "secret",
+        "password",
+        "api_key",
+        "apikey",
+        "key",
+        "code",
+        "signature",
+        "sig",
+    }
+)
+
+
+def mask_url(url: str) -> str:
+    """`url` with user info and credential-like query parameters masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if k.lower() in _SENSITIVE_PARAMS else v) for k, v in pairs],
+            safe="*:/",
+        )
+
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def decode_json(response: requests.Response) -> Any:
+    """The body as JSON, or a permanent error that says what came instead."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        kind = response.headers.get("Content-Type", "no content type")
+        raise PermanentFetchError(
+            f"{mask_url(response.url)} answered {response.status_code} with a body "
+            f"that is not valid JSON ({kind}, {len(response.content)} bytes: "
+            f"{exc.msg} at byte {exc.pos}); check the url, or whether the API is "
+            "down behind a proxy",
+            url=mask_url(response.url),
+            status=response.status_code,
+        ) from None
+
+
+class HttpClient:
+    """Sends GET requests with timeouts, retrying what may succeed later."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        *,
+        clock: Clock,
+        policy: RetryPolicy,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+    ) -> None:
+        self.session = session
+        self._clock = clock
+        self._policy = policy
+        self._timeout = (connect_timeout_s, read_timeout_s)
+
+    def get(
+        self,
+        url: str,
+        *,
+        params: dict[str, str] | None = None,
+        auth: requests.auth.AuthBase | None = None,
+    ) -> requests.Response:
+        """The first successful response, or a FetchError once retries run out."""
+        started = self._clock.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            response, reason = self._send(url, params, auth)
+            if response is not None and response.status_code < 400:
+                return response
+            if response is not None:
+                self._raise_unless_retryable(response, attempt)
+            retry_after = response.headers.get("Retry-After") if response else None
+            wait = self._policy.wait(attempt, retry_after, self._clock.now())
+            elapsed = self._clock.monotonic() - started
+            if not (
+                self._policy.has_attempts_left(attempt)
+                and self._policy.fits_deadline(elapsed, wait.seconds)
+            ):
+                raise TransientFetchError(
+                    f"GET {mask_url(url)} failed after {attempt} attempts "
+                    f"({elapsed:.1f}s): {reason}; the API may be down or rate "
+                    "limiting, raise retry.max_attempts or try later",
+                    url=mask_url(url),
+                    status=response.status_code if response is not None else None,
+                    attempt=attempt,
+                )
+            self._schedule_retry(url, attempt, reason, wait, response)
+
+    def _send(
+        self,
+        url: str,
+        params: dict[str, str] | None,
+        auth: requests.auth.AuthBase | None,
+    ) -> tuple[requests.Response | None, str]:
+        try:
+            response = self.session.get(
+                url, params=params, auth=auth, timeout=self._timeout
+            )
+        except requests.Timeout as exc:
+            return None, f"timed out ({exc.__class__.__name__})"
+        except requests.ConnectionError as exc:
+            return None, f"connection failed ({_root_cause(exc)})"
+
+        return response, f"status {response.status_code}"
+
+    def _raise_unless_retryable(
+        self, response: requests.Response, attempt: int
+    ) -> None:
+        status = response.status_code
+        if self._policy.is_retryable_status(status):
+            return
+        url = mask_url(response.url)
+        if status == 401:
+            message = (
+                f"{url} refused a freshly issued token too (401); check the "
+                "provider's scope, audience and resource for this API"
+            )
+        elif status == 403:
+            message = f"{url} answered 403 Forbidden; the token lacks a scope or role"
+        else:
+            message = f"GET {url} answered {status}; this is not retried"
+        raise PermanentFetchError(message, url=url, status=status, attempt=attempt)
+
+    def _schedule_retry(
+        self,
+        url: str,
+        attempt: int,
+        reason: str,
+        wait: Any,
+        response: requests.Response | None,
+    ) -> None:
+        status = response.status_code if response is not None else None
+        log.warning(
+            "request.retry_scheduled",
+            target="resource",
+            url=mask_url(url),
+            attempt=attempt,
+            reason=reason,
+            status=status,
+            wait_s=round(wait.seconds, 3),
+            wait_source=wait.source,
+            note=wait.note,
+        )
+        stats = current_stats()
+        stats.retries += 1
+        if status == 429:
+            stats.rate_limit_waits += 1
+        if response is not None:
+            response.close()
+        self._clock.sleep(wait.seconds)
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__context__ is not None and exc.__context__ is not exc:
+        exc = exc.__context__
+    return exc.__class__.__name__

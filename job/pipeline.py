@@ -1,0 +1,235 @@
+"""What one pull is: fetch page by page, store each page in one transaction.
+
+The daemon, `job once` and the backfill all run pulls through `Pipeline.pull`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+import structlog
+
+from job.auth import TokenManagers
+from job.clock import Clock
+from job.config import Settings, SourceSettings
+from job.errors import JobError, RunInterrupted
+from job.http_client import HttpClient
+from job.logs import redact_value
+from job.retry import RetryPolicy
+from job.source import (
+    CursorValue,
+    Page,
+    SourceReader,
+    content_hash,
+    max_cursor,
+    record_key,
+)
+from job.stats import RunStats, collecting
+from job.storage.store import Record, Store, Watermark
+
+log = structlog.get_logger("job.pipeline")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a pull ended."""
+
+    run_id: int
+    source: str
+    status: str
+    stats: RunStats
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+class Pipeline:
+    """Pulls sources into the store; shared by the daemon and the one-shot commands."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        session: requests.Session,
+        clock: Clock,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self._session = session
+        self._clock = clock
+        self.stop = stop or threading.Event()
+        self.tokens = TokenManagers(session=session, clock=clock)
+
+    def pull(
+        self,
+        source_name: str,
+        trigger: str = "once",
+        *,
+        window: tuple[datetime, datetime] | None = None,
+    ) -> RunResult:
+        """Run one pull of `source_name` and record it; never raises a JobError."""
+        source = self.settings.source(source_name)
+        run_id = self.store.start_run(source.name, trigger, window=window)
+        stats = RunStats()
+        started = self._clock.monotonic()
+        with (
+            structlog.contextvars.bound_contextvars(source=source.name, run_id=run_id),
+            collecting(stats),
+        ):
+            log.info("run.started", trigger=trigger, window=_window_text(window))
+            status, error = self._pull_pages(source, run_id, stats, window)
+            self.store.finish_run(run_id, status, stats, error)
+            summary = {"status": status, **stats.as_dict()}
+            duration = round(self._clock.monotonic() - started, 3)
+            if status == "failed":
+                log.error("run.finished", duration_s=duration, error=error, **summary)
+            else:
+                log.info("run.finished", duration_s=duration, **summary)
+
+        return RunResult(run_id, source.name, status, stats, error)
+
+    def _pull_pages(
+        self,
+        source: SourceSettings,
+        run_id: int,
+        stats: RunStats,
+        window: tuple[datetime, datetime] | None,
+    ) -> tuple[str, str | None]:
+        try:
+            self._fetch_and_store(source, run_id, stats, window)
+        except RunInterrupted as exc:
+            log.warning("run.interrupted", reason=exc.message)
+            return "interrupted", exc.message
+        except JobError as exc:
+            return "failed", str(redact_value(exc.message))
+        except Exception as exc:
+            # A bug, not a user mistake: keep the traceback in the log, and the
+            # run row says what broke.
+            log.exception("run.crashed")
+            return "failed", str(redact_value(f"{type(exc).__name__}: {exc}"))
+
+        return "succeeded", None
+
+    def _fetch_and_store(
+        self,
+        source: SourceSettings,
+        run_id: int,
+        stats: RunStats,
+        window: tuple[datetime, datetime] | None,
+    ) -> None:
+        reader = self._reader(source)
+        params, watermark = self._start_params(source, window)
+        pulled_at = self._clock.now()
+        for page in reader.pages(params):
+            self._check_stop()
+            batch = self._records(source, page, pulled_at)
+            if source.incremental is not None and window is None:
+                watermark = _advance(watermark, page, source.incremental.cursor)
+            counts = self.store.write_page(
+                run_id,
+                source.name,
+                batch,
+                stats,
+                Watermark(watermark.text(), watermark.kind) if watermark else None,
+            )
+            log.debug(
+                "page.stored",
+                page=page.number,
+                records=len(page.records),
+                inserted=counts.inserted,
+                updated=counts.updated,
+                unchanged=counts.unchanged,
+            )
+            self._check_stop()
+
+    def _reader(self, source: SourceSettings) -> SourceReader:
+        client = HttpClient(
+            self._session,
+            clock=self._clock,
+            policy=RetryPolicy.from_settings(source.retry),
+            connect_timeout_s=source.connect_timeout_s,
+            read_timeout_s=source.read_timeout_s,
+        )
+        auth = self.tokens.for_provider(self.settings.provider_for(source))
+
+        return SourceReader(source, client, auth)
+
+    def _start_params(
+        self, source: SourceSettings, window: tuple[datetime, datetime] | None
+    ) -> tuple[dict[str, str], CursorValue | None]:
+        if window is not None:
+            return {
+                source.backfill.start_param: _iso(window[0]),
+                source.backfill.end_param: _iso(window[1]),
+            }, None
+        incremental = source.incremental
+        if incremental is None:
+            return {}, None
+        stored = self.store.watermark(source.name)
+        if stored is None:
+            initial = (
+                {incremental.param: incremental.initial} if incremental.initial else {}
+            )
+            return initial, None
+        watermark = CursorValue.restore(stored.value, stored.kind)
+        since = watermark
+        if watermark.kind == "datetime" and incremental.lookback:
+            since = CursorValue(
+                "datetime", watermark.value - timedelta(seconds=incremental.lookback)
+            )
+        log.info("run.incremental", since=since.text(), watermark=watermark.text())
+
+        return {incremental.param: since.text()}, watermark
+
+    def _records(
+        self, source: SourceSettings, page: Page, pulled_at: datetime
+    ) -> list[Record]:
+        batch = []
+        for index, item in enumerate(page.records):
+            digest = content_hash(item)
+            if source.primary_key:
+                key = record_key(
+                    item, source.primary_key, page=page.number, index=index
+                )
+            elif page.is_snapshot:
+                # One object per pull: each pull keeps its own snapshot.
+                key = _iso(pulled_at)
+            else:
+                key = digest
+            batch.append(Record(key=key, payload=item, content_hash=digest))
+
+        return batch
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise RunInterrupted("asked to stop; the pages stored so far are kept")
+
+
+def _advance(
+    watermark: CursorValue | None, page: Page, cursor: str
+) -> CursorValue | None:
+    largest = max_cursor(page.records, cursor)
+    if largest is None:
+        return watermark
+    if watermark is None or (
+        largest.kind == watermark.kind and largest.value > watermark.value
+    ):
+        return largest
+
+    return watermark
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _window_text(window: tuple[datetime, datetime] | None) -> Any:
+    return [_iso(window[0]), _iso(window[1])] if window else None

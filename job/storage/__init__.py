@@ -1,0 +1,1 @@
+"""Tables, the engine, and the reads and writes on them."""

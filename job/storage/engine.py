@@ -1,0 +1,142 @@
+"""The engine for a database URL, and the Alembic migrations that shape it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+import job.migrations
+from job.errors import ConfigError, SchemaError, StorageError
+from job.logs import redact_value
+
+MIGRATIONS_DIR = Path(job.migrations.__file__).parent
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
+    """An engine for `url`: SQLite in WAL mode with a busy timeout, or PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"database.url {redact_value(url)!r} is not a database URL; write "
+            "sqlite:///job.db or postgresql://user@host/dbname"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    options: dict[str, Any] = {
+        "json_serializer": _dumps,
+        "json_deserializer": orjson.loads,
+    }
+    if parsed.get_backend_name() == "sqlite":
+        options["connect_args"] = {"timeout": busy_timeout_s}
+    else:
+        options["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **options)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise ConfigError(
+            f"no driver for {parsed.drivername}: {exc}; for PostgreSQL install "
+            "job[postgres]"
+        ) from None
+    if engine.dialect.name == "sqlite":
+        _tune_sqlite(engine, busy_timeout_s)
+
+    return engine
+
+
+def _tune_sqlite(engine: Engine, busy_timeout_s: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers (people running SQL) work while a pull writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option(
+        "sqlalchemy.url", engine.url.render_as_string(hide_password=False)
+    )
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    head = script.get_current_head()
+    assert head is not None
+
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None if it was never migrated."""
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        raise unreachable(engine, exc) from None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply the migrations up to `revision`."""
+    _migrate(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Undo migrations down to `revision`."""
+    _migrate(engine, command.downgrade, revision)
+
+
+def _migrate(engine: Engine, action: Any, revision: str) -> None:
+    config = alembic_config(engine)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            action(config, revision)
+    except OperationalError as exc:
+        raise unreachable(engine, exc) from None
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaError unless the database is at the head revision."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    where = engine.url.render_as_string(hide_password=True)
+    if current is None:
+        raise SchemaError(
+            f"the database {where} has no job schema yet; run `job db upgrade`"
+        )
+    raise SchemaError(
+        f"the database {where} is at schema revision {current}, this job needs "
+        f"{head}; run `job db upgrade`"
+    )
+
+
+def unreachable(engine: Engine, exc: Exception) -> StorageError:
+    """A StorageError for a database that refused or could not be reached."""
+    where = engine.url.render_as_string(hide_password=True)
+    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+    return StorageError(
+        f"database {where} is not usable: {redact_value(detail)}; check "
+        "database.url (or JOB_DATABASE_URL) and that the server is up"
+    )

@@ -1,0 +1,319 @@
+"""The reads and writes of a pull: runs, record upserts, and watermarks."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from job.clock import Clock
+from job.stats import RunStats
+from job.storage.engine import unreachable
+from job.storage.tables import records, runs, source_state
+
+# Keys per IN (...) lookup and rows per INSERT: well under SQLite's variable limit.
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record ready to store: its key, its content, and a hash of that content."""
+
+    key: str
+    payload: Any
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The largest cursor value stored so far for a source."""
+
+    value: str
+    kind: str  # "datetime", "number" or "string"
+
+
+@dataclass(frozen=True)
+class PageCounts:
+    inserted: int
+    updated: int
+    unchanged: int
+
+
+class Store:
+    """Everything a pull writes goes through here, one transaction per page."""
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._insert = (
+            postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        )
+
+    # Runs
+
+    def start_run(
+        self,
+        source: str,
+        trigger: str,
+        *,
+        window: tuple[datetime, datetime] | None = None,
+    ) -> int:
+        """Record a run as `running` and return its id."""
+        values = {
+            "source": source,
+            "trigger": trigger,
+            "status": "running",
+            "started_at": self._clock.now(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "window_start": window[0] if window else None,
+            "window_end": window[1] if window else None,
+        }
+        with self._begin() as connection:
+            result = connection.execute(runs.insert().values(**values))
+            (run_id,) = result.inserted_primary_key or (None,)
+
+        return int(run_id)
+
+    def finish_run(
+        self, run_id: int, status: str, stats: RunStats, error: str | None = None
+    ) -> None:
+        """Close a run with its final status, counters and error."""
+        with self._begin() as connection:
+            connection.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(
+                    status=status,
+                    finished_at=self._clock.now(),
+                    error=error,
+                    **stats.as_dict(),
+                )
+            )
+
+    def mark_abandoned(self, *, host: str | None = None) -> int:
+        """Mark runs left `running` by a dead process as `abandoned`."""
+        condition = runs.c.status == "running"
+        if host is not None:
+            condition &= runs.c.host == host
+        with self._begin() as connection:
+            result = connection.execute(
+                update(runs)
+                .where(condition)
+                .values(
+                    status="abandoned",
+                    finished_at=self._clock.now(),
+                    error="the process running it stopped before it finished",
+                )
+            )
+
+        return result.rowcount or 0
+
+    def recent_runs(
+        self,
+        *,
+        source: str | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        """The newest runs first, as plain dictionaries."""
+        query = select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if source:
+            query = query.where(runs.c.source == source)
+        if status:
+            query = query.where(runs.c.status == status)
+        if since:
+            query = query.where(runs.c.started_at >= since)
+        with self._connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    # Records
+
+    def write_page(
+        self,
+        run_id: int,
+        source: str,
+        page: Sequence[Record],
+        stats: RunStats,
+        watermark: Watermark | None = None,
+    ) -> PageCounts:
+        """Upsert a page, move the watermark and the run's counters, atomically."""
+        latest = {record.key: record for record in page}
+        now = self._clock.now()
+        with self._begin() as connection:
+            known = self._known_hashes(connection, source, list(latest))
+            fresh = [r for r in latest.values() if r.key not in known]
+            changed = [
+                r
+                for r in latest.values()
+                if r.key in known and known[r.key] != r.content_hash
+            ]
+            self._upsert(connection, source, run_id, [*fresh, *changed], now)
+            counts = PageCounts(
+                inserted=len(fresh),
+                updated=len(changed),
+                unchanged=len(latest) - len(fresh) - len(changed),
+            )
+            stats.pages += 1
+            stats.records_seen += len(page)
+            stats.inserted += counts.inserted
+            stats.updated += counts.updated
+            stats.unchanged += counts.unchanged
+            if watermark is not None:
+                self._save_watermark(connection, source, run_id, watermark, now)
+            connection.execute(
+                update(runs).where(runs.c.id == run_id).values(**stats.as_dict())
+            )
+
+        return counts
+
+    def _known_hashes(
+        self, connection: Connection, source: str, keys: list[str]
+    ) -> dict[str, str]:
+        known: dict[str, str] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows = connection.execute(
+                select(records.c.record_key, records.c.content_hash).where(
+                    records.c.source == source, records.c.record_key.in_(chunk)
+                )
+            )
+            known.update((key, digest) for key, digest in rows)
+
+        return known
+
+    def _upsert(
+        self,
+        connection: Connection,
+        source: str,
+        run_id: int,
+        page: Sequence[Record],
+        now: datetime,
+    ) -> None:
+        if not page:
+            return
+        statement = self._insert(records)
+        statement = statement.on_conflict_do_update(
+            index_elements=[records.c.source, records.c.record_key],
+            set_={
+                "payload": statement.excluded.payload,
+                "content_hash": statement.excluded.content_hash,
+                "last_seen_at": statement.excluded.last_seen_at,
+                "run_id": statement.excluded.run_id,
+            },
+            # Leave a row alone when another writer stored the same content.
+            where=records.c.content_hash != statement.excluded.content_hash,
+        )
+        rows = [
+            {
+                "source": source,
+                "record_key": record.key,
+                "payload": record.payload,
+                "content_hash": record.content_hash,
+                "first_seen_at": now,
+                "last_seen_at": now,
+                "run_id": run_id,
+            }
+            for record in page
+        ]
+        for start in range(0, len(rows), _CHUNK):
+            connection.execute(statement, rows[start : start + _CHUNK])
+
+    def count_records(self, source: str | None = None) -> int:
+        query = select(func.count()).select_from(records)
+        if source:
+            query = query.where(records.c.source == source)
+        with self._connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def iter_records(self, source: str) -> Iterator[dict[str, Any]]:
+        """Every stored record of `source`, streamed in key order."""
+        query = (
+            select(records)
+            .where(records.c.source == source)
+            .order_by(records.c.record_key)
+            .execution_options(yield_per=1000)
+        )
+        with self._connect() as connection:
+            for row in connection.execute(query):
+                yield dict(row._mapping)
+
+    # Watermarks
+
+    def watermark(self, source: str) -> Watermark | None:
+        query = select(source_state.c.cursor_value, source_state.c.cursor_kind).where(
+            source_state.c.source == source
+        )
+        with self._connect() as connection:
+            row = connection.execute(query).first()
+        if row is None or row.cursor_value is None:
+            return None
+
+        return Watermark(value=row.cursor_value, kind=row.cursor_kind or "string")
+
+    def _save_watermark(
+        self,
+        connection: Connection,
+        source: str,
+        run_id: int,
+        watermark: Watermark,
+        now: datetime,
+    ) -> None:
+        statement = self._insert(source_state).values(
+            source=source,
+            cursor_value=watermark.value,
+            cursor_kind=watermark.kind,
+            updated_at=now,
+            run_id=run_id,
+        )
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[source_state.c.source],
+                set_={
+                    "cursor_value": statement.excluded.cursor_value,
+                    "cursor_kind": statement.excluded.cursor_kind,
+                    "updated_at": statement.excluded.updated_at,
+                    "run_id": statement.excluded.run_id,
+                },
+            )
+        )
+
+    # Connections that turn driver errors into StorageError
+
+    def _begin(self) -> Any:
+        return _Guard(self.engine, begin=True)
+
+    def _connect(self) -> Any:
+        return _Guard(self.engine, begin=False)
+
+
+class _Guard:
+    """A connection (or transaction) whose driver errors become StorageError."""
+
+    def __init__(self, engine: Engine, *, begin: bool) -> None:
+        self._engine = engine
+        self._context = engine.begin() if begin else engine.connect()
+
+    def __enter__(self) -> Connection:
+        try:
+            return self._context.__enter__()
+        except (OperationalError, DBAPIError) as exc:
+            raise unreachable(self._engine, exc) from None
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
+        try:
+            self._context.__exit__(kind, value, traceback)
+        except (OperationalError, DBAPIError) as exc:
+            raise unreachable(self._engine, exc) from None
+        if isinstance(value, OperationalError | DBAPIError):
+            raise unreachable(self._engine, value) from None
+        return False

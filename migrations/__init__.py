@@ -1,0 +1,1 @@
+"""Alembic migrations, installed as `job.migrations` so that they ship with job."""

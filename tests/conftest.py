@@ -1,0 +1,108 @@
+"""Fixtures shared by the suite: databases built by migrations, the sandbox, logs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
+
+from job.clock import FakeClock
+from job.sandbox import SandboxServer, SandboxSettings
+from job.storage import engine as db
+from tests.leaks import LeakWatch
+
+SANDBOX_SECRET = "s3cret: with+plus/slash%percent and é"
+POSTGRES_URL = os.environ.get("JOB_TEST_POSTGRES_URL")
+
+
+def _postgres_available() -> str | None:
+    if not POSTGRES_URL:
+        return "JOB_TEST_POSTGRES_URL is not set (.ci/run sets it)"
+    return None
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on SQLite and on PostgreSQL (its own schema each time)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'job.db'}"
+        return
+    reason = _postgres_available()
+    if reason:
+        pytest.skip(reason)
+    assert POSTGRES_URL is not None
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = db.make_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(POSTGRES_URL).update_query_dict(
+        {"options": f"-csearch_path={schema}"}
+    )
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A database at the head revision, built by running the migrations."""
+    built = db.make_engine(database_url)
+    db.upgrade(built)
+    yield built
+    built.dispose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sandbox(leak_watch: LeakWatch) -> Iterator[SandboxServer]:
+    """The real sandbox provider on a free loopback port."""
+    settings = SandboxSettings(
+        port=0, client_secret=SANDBOX_SECRET, records=250, default_page_size=50
+    )
+    with SandboxServer(settings) as server:
+        leak_watch.watch_tokens(server.state)
+        yield server
+
+
+@pytest.fixture
+def captured() -> Iterator[list[structlog.typing.EventDict]]:
+    """Every structlog event emitted during the test."""
+    with structlog.testing.capture_logs() as events:
+        yield events
+
+
+@pytest.fixture(autouse=True)
+def leak_watch(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> Iterator[LeakWatch]:
+    """After every test: no watched secret or token in anything it printed or logged."""
+    watch = LeakWatch()
+    watch.secret(SANDBOX_SECRET, "job-demo")
+    yield watch
+    out, err = capfd.readouterr()
+    watch.output("stdout", out)
+    watch.output("stderr", err)
+    watch.output("logging", caplog.text)
+    for record in caplog.records:
+        watch.output("a log record's arguments", repr(record.args))
+    leaks = watch.leaks()
+    assert not leaks, "; ".join(sorted(set(leaks)))
+    # Show what was captured, as pytest would have, now that it is checked.
+    sys.stdout.write(out)
+    sys.stderr.write(err)
