@@ -115,7 +115,7 @@ class TokenManager(AuthBase):
         self.provider = provider
         self._session = session
         self._clock = clock
-        self._policy = policy or RetryPolicy()
+        self._policy = policy or RetryPolicy.from_settings(provider.retry)
         self._lock = threading.Lock()
         self._token: Token | None = None
         self._warned_no_lifetime = False
@@ -561,16 +561,9 @@ def _jwt_exp(token: str) -> datetime | None:
 class TokenManagers:
     """One manager per distinct token request, shared by the sources that use it."""
 
-    def __init__(
-        self,
-        *,
-        session: requests.Session,
-        clock: Clock,
-        policy: RetryPolicy | None = None,
-    ) -> None:
+    def __init__(self, *, session: requests.Session, clock: Clock) -> None:
         self._session = session
         self._clock = clock
-        self._policy = policy
         self._managers: dict[tuple[str | None, ...], TokenManager] = {}
         self._lock = threading.Lock()
 
@@ -580,10 +573,7 @@ class TokenManagers:
             manager = self._managers.get(key)
             if manager is None:
                 manager = TokenManager(
-                    provider,
-                    session=self._session,
-                    clock=self._clock,
-                    policy=self._policy,
+                    provider, session=self._session, clock=self._clock
                 )
                 self._managers[key] = manager
             return manager

@@ -200,7 +200,8 @@ def _print_runs(rows: list[dict[str, Any]]) -> None:
         table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*(render(row) for _, render in columns))
-    Console().print(table)
+    # Off a terminal rich would wrap at 80 columns; a pipe or a file gets it whole.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _duration(row: dict[str, Any]) -> str:

@@ -79,6 +79,16 @@ class DatabaseSettings(_Model):
     busy_timeout_s: Duration = 30.0
 
 
+class RetrySettings(_Model):
+    """How hard to try one request before the run fails."""
+
+    max_attempts: int = Field(default=5, ge=1)
+    backoff_base_s: Duration = 0.5
+    backoff_cap_s: Duration = 30.0
+    retry_after_cap_s: Duration = 120.0
+    deadline_s: Duration = 300.0
+
+
 class ProviderSettings(_Model):
     """A token endpoint and the client credentials used at it."""
 
@@ -107,6 +117,7 @@ class ProviderSettings(_Model):
     read_timeout_s: Duration = 30.0
     leeway_s: Duration | None = None
     default_lifetime_s: Duration = 3600.0
+    retry: RetrySettings = RetrySettings()
 
     @model_validator(mode="after")
     def _credentials_present(self) -> ProviderSettings:
@@ -207,16 +218,6 @@ class ScheduleSettings(_Model):
             raise ValueError("every must be more than 0")
 
         return self
-
-
-class RetrySettings(_Model):
-    """How hard to try one request before the run fails."""
-
-    max_attempts: int = Field(default=5, ge=1)
-    backoff_base_s: Duration = 0.5
-    backoff_cap_s: Duration = 30.0
-    retry_after_cap_s: Duration = 120.0
-    deadline_s: Duration = 300.0
 
 
 class BackfillSettings(_Model):

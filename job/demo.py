@@ -27,7 +27,7 @@ DEMO_DIR = Path(".demo")
 RECORDS = 2000
 RUN_FOR_S = 16.0
 INTERVAL_S = 3
-TOKEN_LIFETIME_S = 8
+TOKEN_LIFETIME_S = 10
 
 CONFIG = """\
 database:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import uuid
@@ -16,16 +17,27 @@ from sqlalchemy.engine import Engine, make_url
 from job.clock import FakeClock
 from job.sandbox import SandboxServer, SandboxSettings
 from job.storage import engine as db
+from tests.factories import SANDBOX_SECRET
 from tests.leaks import LeakWatch
+from tests.processes import Job
 
-SANDBOX_SECRET = "s3cret: with+plus/slash%percent and é"
-POSTGRES_URL = os.environ.get("JOB_TEST_POSTGRES_URL")
+POSTGRES_URL = os.environ.get(
+    "JOB_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"
+)
+# .ci/run sets JOB_REQUIRE_POSTGRES=1: there, a missing server fails the suite.
+REQUIRE_POSTGRES = os.environ.get("JOB_REQUIRE_POSTGRES") == "1"
 
 
-def _postgres_available() -> str | None:
-    if not POSTGRES_URL:
-        return "JOB_TEST_POSTGRES_URL is not set (.ci/run sets it)"
-    return None
+@functools.cache
+def _postgres_problem() -> str | None:
+    engine = db.make_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            return None
+    except Exception as exc:
+        return f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}"
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(
@@ -36,10 +48,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'job.db'}"
         return
-    reason = _postgres_available()
-    if reason:
-        pytest.skip(reason)
-    assert POSTGRES_URL is not None
+    problem = _postgres_problem()
+    if problem and REQUIRE_POSTGRES:
+        pytest.fail(problem)
+    if problem:
+        pytest.skip(problem)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = db.make_engine(POSTGRES_URL)
     with admin.begin() as connection:
@@ -106,3 +119,9 @@ def leak_watch(
     # Show what was captured, as pytest would have, now that it is checked.
     sys.stdout.write(out)
     sys.stderr.write(err)
+
+
+@pytest.fixture
+def job(tmp_path: Path, leak_watch: LeakWatch) -> Iterator[Job]:
+    """`python -m job` in a temporary folder, its output leak-checked."""
+    yield Job(tmp_path, leak_watch)

@@ -134,7 +134,7 @@ class Store:
         if since:
             query = query.where(runs.c.started_at >= since)
         with self._connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
+            return [_plain(row._mapping) for row in connection.execute(query)]
 
     # Records
 
@@ -245,7 +245,7 @@ class Store:
         )
         with self._connect() as connection:
             for row in connection.execute(query):
-                yield dict(row._mapping)
+                yield _plain(row._mapping)
 
     # Watermarks
 
@@ -294,6 +294,11 @@ class Store:
 
     def _connect(self) -> Any:
         return _Guard(self.engine, begin=False)
+
+
+def _plain(mapping: Any) -> dict[str, Any]:
+    # Column names come back as quoted_name, a str subclass JSON encoders refuse.
+    return {str(key): value for key, value in mapping.items()}
 
 
 class _Guard:

@@ -1,0 +1,242 @@
+"""Runs, upserts and watermarks, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
+
+from job.clock import FakeClock
+from job.source import content_hash
+from job.stats import RunStats
+from job.storage import engine as db
+from job.storage.store import Record, Store, Watermark
+from job.storage.tables import records
+
+
+def record(key: int, **fields: object) -> Record:
+    payload = {"id": key, "name": f"n{key}", **fields}
+    return Record(key=str(key), payload=payload, content_hash=content_hash(payload))
+
+
+class TestRuns:
+    def test_a_run_is_recorded_with_aware_utc_times(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """started_at and finished_at come back timezone-aware, in UTC."""
+        store = Store(engine, clock)
+        run_id = store.start_run("items", "once")
+        clock.advance(5)
+        stats = RunStats(pages=2, records_seen=10, inserted=10)
+        store.finish_run(run_id, "succeeded", stats)
+
+        (row,) = store.recent_runs()
+
+        assert row["status"] == "succeeded"
+        assert row["started_at"] == datetime(2026, 1, 1, tzinfo=UTC)
+        assert row["finished_at"].utcoffset().total_seconds() == 0
+        assert (row["finished_at"] - row["started_at"]).total_seconds() == 5
+        assert (row["pages"], row["records_seen"], row["inserted"]) == (2, 10, 10)
+
+    def test_running_runs_are_marked_abandoned(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """A run left `running` by a dead process becomes `abandoned`."""
+        store = Store(engine, clock)
+        store.start_run("items", "schedule")
+
+        assert store.mark_abandoned() == 1
+        assert store.recent_runs()[0]["status"] == "abandoned"
+
+
+class TestWritePage:
+    def test_counts_inserted_updated_and_unchanged(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """New rows are inserted, changed ones updated, identical ones left alone."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        first = store.write_page(run, "items", [record(1), record(2)], RunStats())
+
+        second = store.write_page(
+            run, "items", [record(1), record(2, name="changed"), record(3)], RunStats()
+        )
+
+        assert (first.inserted, first.updated, first.unchanged) == (2, 0, 0)
+        assert (second.inserted, second.updated, second.unchanged) == (1, 1, 1)
+        assert store.count_records("items") == 3
+
+    def test_unchanged_rows_are_not_written(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """An identical record keeps its run id and last_seen_at."""
+        store = Store(engine, clock)
+        first_run = store.start_run("items", "once")
+        store.write_page(first_run, "items", [record(1)], RunStats())
+        clock.advance(60)
+        second_run = store.start_run("items", "once")
+
+        store.write_page(second_run, "items", [record(1)], RunStats())
+
+        (row,) = list(store.iter_records("items"))
+        assert row["run_id"] == first_run
+        assert row["last_seen_at"] == datetime(2026, 1, 1, tzinfo=UTC)
+
+    def test_a_changed_record_keeps_first_seen_and_moves_last_seen(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """An update replaces the payload and run id, not first_seen_at."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        store.write_page(run, "items", [record(1)], RunStats())
+        clock.advance(60)
+
+        store.write_page(run + 1, "items", [record(1, name="new")], RunStats())
+
+        (row,) = list(store.iter_records("items"))
+        assert row["payload"]["name"] == "new"
+        assert row["run_id"] == run + 1
+        assert row["first_seen_at"] == datetime(2026, 1, 1, tzinfo=UTC)
+        assert (row["last_seen_at"] - row["first_seen_at"]).total_seconds() == 60
+
+    def test_a_key_twice_in_one_page_is_stored_once(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """The last occurrence on a page wins."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+
+        store.write_page(run, "items", [record(1), record(1, name="last")], RunStats())
+
+        (row,) = list(store.iter_records("items"))
+        assert row["payload"]["name"] == "last"
+
+    def test_sources_do_not_share_keys(self, engine: Engine, clock: FakeClock) -> None:
+        """The same key in two sources is two records."""
+        store = Store(engine, clock)
+        run = store.start_run("a", "once")
+
+        store.write_page(run, "a", [record(1)], RunStats())
+        store.write_page(run, "b", [record(1)], RunStats())
+
+        assert store.count_records() == 2
+
+    def test_json_round_trips_nulls_and_nesting(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """JSON null, nesting and unicode come back as they went in."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        payload = {"id": 1, "none": None, "nested": {"list": [1, 2.5, "é"]}}
+        rows = [Record("1", payload, content_hash(payload))]
+
+        store.write_page(run, "items", rows, RunStats())
+
+        with engine.connect() as connection:
+            stored = connection.execute(select(records.c.payload)).scalar_one()
+        assert stored == payload
+
+    def test_large_pages_are_batched(self, engine: Engine, clock: FakeClock) -> None:
+        """A page larger than one batch is stored whole."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+
+        counts = store.write_page(
+            run, "items", [record(i) for i in range(1234)], RunStats()
+        )
+
+        assert counts.inserted == 1234
+        assert store.count_records("items") == 1234
+
+    def test_the_watermark_moves_with_the_page(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """The watermark is saved in the page's transaction and read back."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        mark = Watermark("2026-01-01T00:00:00Z", "datetime")
+
+        store.write_page(run, "items", [record(1)], RunStats(), mark)
+        store.write_page(
+            run, "items", [record(2)], RunStats(), Watermark("5", "number")
+        )
+
+        assert store.watermark("items") == Watermark("5", "number")
+        assert store.watermark("other") is None
+
+    def test_the_run_row_counts_every_page(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """The run's counters are committed with each page."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        stats = RunStats()
+
+        store.write_page(run, "items", [record(1), record(2)], stats)
+        store.write_page(run, "items", [record(2), record(3)], stats)
+
+        row = store.recent_runs()[0]
+        assert (row["pages"], row["records_seen"]) == (2, 4)
+        assert (row["inserted"], row["unchanged"]) == (3, 1)
+
+
+class TestSchema:
+    def test_an_empty_database_says_to_upgrade(self, database_url: str) -> None:
+        """No schema: SchemaError naming `job db upgrade`."""
+        engine = db.make_engine(database_url)
+
+        with pytest.raises(db.SchemaError, match="job db upgrade"):
+            db.check_schema(engine)
+
+    def test_a_database_behind_says_to_upgrade(self, database_url: str) -> None:
+        """An older revision: SchemaError naming both revisions."""
+        engine = db.make_engine(database_url)
+        db.upgrade(engine, "0001")
+
+        with pytest.raises(db.SchemaError, match=r"0001.*job db upgrade"):
+            db.check_schema(engine)
+
+    def test_upgrade_and_downgrade_keep_the_data(
+        self, database_url: str, clock: FakeClock
+    ) -> None:
+        """Rows written at the first revision survive head and back."""
+        engine = db.make_engine(database_url)
+        db.upgrade(engine, "0001")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO runs (source, trigger, status, started_at) "
+                    "VALUES ('items', 'once', 'succeeded', :now)"
+                ),
+                {"now": datetime(2026, 1, 1)},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO records (source, record_key, payload, content_hash,"
+                    " first_seen_at, last_seen_at, run_id) VALUES ('items', '1',"
+                    " :payload, 'h', :now, :now, 1)"
+                ),
+                {"payload": '{"id": 1}', "now": datetime(2026, 1, 1)},
+            )
+
+        db.upgrade(engine)
+        db.check_schema(engine)
+        assert Store(engine, clock).recent_runs()[0]["source"] == "items"
+        db.downgrade(engine, "0001")
+
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+            assert (
+                connection.execute(text("SELECT count(*) FROM records")).scalar() == 1
+            )
+
+    def test_sqlite_runs_in_wal_mode(self, tmp_path: object) -> None:
+        """SQLite files use WAL so readers do not block the writer."""
+        engine = db.make_engine(f"sqlite:///{tmp_path}/wal.db")
+
+        with engine.connect() as connection:
+            mode = connection.execute(text("PRAGMA journal_mode")).scalar()
+
+        assert mode == "wal"
