@@ -1,0 +1,309 @@
+"""The sandbox's OAuth 2.0 side, built on Authlib's real server classes.
+
+The token endpoint runs Authlib's `AuthorizationServer` with the
+client-credentials grant; the resource endpoint checks bearer tokens with
+Authlib's `ResourceProtector` and an RFC 6750 validator. Clients and tokens
+live in `SandboxState`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from collections.abc import Collection, Mapping
+from typing import Any, cast
+from urllib.parse import unquote_plus
+
+import orjson
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import (
+    ClientMixin,
+    InvalidScopeError,
+    MissingAuthorizationError,
+    OAuth2Request,
+    TokenMixin,
+    UnsupportedTokenTypeError,
+)
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+from authlib.oauth2.rfc6750 import (
+    BearerTokenGenerator,
+    BearerTokenValidator,
+    InsufficientScopeError,
+    InvalidTokenError,
+)
+from flask import Response
+
+from job.sandbox.state import IssuedToken, SandboxClient, SandboxState
+
+REALM = "job-sandbox"
+REQUIRED_SCOPE = "read:data"
+GRANT_TYPE = "client_credentials"
+
+# What an application/x-www-form-urlencoded value may hold: the characters
+# encoders leave alone (RFC 3986 unreserved, plus the few JavaScript's
+# encodeURIComponent keeps), "+" for a space, and %XX escapes. Anything else
+# in Basic credentials means the client skipped the encoding.
+_FORM_ENCODED = re.compile(r"(?:[A-Za-z0-9\-._~!'()*+]|%[0-9A-Fa-f]{2})*")
+
+
+class OAuthClient(ClientMixin):
+    """Authlib's view of a `SandboxClient`."""
+
+    def __init__(self, client: SandboxClient) -> None:
+        self.client = client
+
+    def get_client_id(self) -> str:
+        return self.client.client_id
+
+    def grantable_scope(self, scope: str | None) -> str | None:
+        """The scope to grant (all the client has if none is asked), or None."""
+        requested = (scope or "").split()
+        if not requested:
+            return self.client.scope
+        if not set(requested) <= set(self.client.scope.split()):
+            return None
+
+        return " ".join(dict.fromkeys(requested))
+
+    def get_allowed_scope(self, scope: Collection[str] | str | None) -> str:
+        # Authlib asks this when it builds the token, after the grant has
+        # already refused any scope beyond the client's.
+        if scope is None or isinstance(scope, str):
+            return self.grantable_scope(scope) or ""
+
+        return self.grantable_scope(" ".join(scope)) or ""
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        expected = self.client.secret.encode()
+
+        return secrets.compare_digest(expected, client_secret.encode())
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return endpoint == "token" and method in self.client.auth_methods
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type == GRANT_TYPE
+
+
+class OAuthToken(TokenMixin):
+    """Authlib's view of an `IssuedToken`, judged on the sandbox's clock."""
+
+    def __init__(self, token: IssuedToken, state: SandboxState) -> None:
+        self.token = token
+        self._state = state
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return client.get_client_id() == self.token.client_id
+
+    def get_scope(self) -> str:
+        return self.token.scope
+
+    def get_expires_in(self) -> int:
+        return self.token.lifetime_s
+
+    def is_expired(self) -> bool:
+        return self._state.is_expired(self.token)
+
+    def is_revoked(self) -> bool:
+        return self.token.revoked
+
+
+def read_basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """Decode ``Authorization: Basic`` credentials strictly, per RFC 6749 §2.3.1.
+
+    The id and the secret are each form-urlencoded before Base64, so they
+    are decoded with ``unquote_plus`` ("+" is a space). Values that could not
+    come out of that encoding are refused rather than guessed at.
+    """
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon or not _is_form_encoded(client_id, secret):
+        return None
+    try:
+        return _form_decode(client_id), _form_decode(secret)
+    except UnicodeDecodeError:
+        return None
+
+
+def _form_decode(value: str) -> str:
+    # Strict: %-escapes that are not UTF-8 are an encoding mistake too.
+    return unquote_plus(value, encoding="utf-8", errors="strict")
+
+
+def _is_form_encoded(*values: str) -> bool:
+    return all(value and _FORM_ENCODED.fullmatch(value) for value in values)
+
+
+def authenticate_basic_strictly(query_client: Any, request: Any) -> OAuthClient | None:
+    """Authlib client-auth method replacing its lenient ``client_secret_basic``."""
+    credentials = read_basic_credentials(request.headers.get("Authorization"))
+    if credentials is None:
+        return None
+    client_id, secret = credentials
+    client: OAuthClient | None = query_client(client_id)
+    if client is None or not client.check_client_secret(secret):
+        return None
+
+    return client
+
+
+class SandboxClientCredentialsGrant(ClientCredentialsGrant):
+    """The client-credentials grant, with both secret methods and client scopes."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def validate_requested_scope(self) -> None:
+        # RFC 6749 §3.3: a scope beyond what the client was granted is an
+        # error, not something to trim silently.
+        payload = self.request.payload
+        client = self.request.client
+        scope = None if payload is None else payload.scope
+        if isinstance(client, OAuthClient) and client.grantable_scope(scope) is None:
+            raise InvalidScopeError(
+                description="The requested scope is not within the client's scope."
+            )
+
+
+class SandboxAuthorizationServer(AuthorizationServer):
+    """Authlib's Flask authorization server over the sandbox's state."""
+
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__()
+        self._state = state
+        generator = BearerTokenGenerator(_new_access_token, None, self._expires_in)
+        self.register_token_generator("default", generator)
+        self.register_grant(SandboxClientCredentialsGrant)
+        self.register_client_auth_method(
+            "client_secret_basic", authenticate_basic_strictly
+        )
+
+    # Authlib treats None as "no such client"; its stub says it never is.
+    def query_client(self, client_id: str) -> OAuthClient | None:  # type: ignore[override]
+        client = self._state.client(client_id)
+
+        return None if client is None else OAuthClient(client)
+
+    def save_token(self, token: dict[str, str | int], request: OAuth2Request) -> None:
+        assert request.client is not None, "Authlib saves tokens of known clients"
+        self._state.remember_token(
+            str(token["access_token"]),
+            client_id=request.client.get_client_id(),
+            scope=str(token.get("scope", "")),
+            lifetime_s=int(token["expires_in"]),
+        )
+
+    def token_response(self) -> Response:
+        """Answer the current Flask request at the token endpoint."""
+        # The Flask integration returns what handle_response built.
+        return cast(Response, self.create_token_response())
+
+    def handle_response(
+        self,
+        status_code: int,
+        payload: Mapping[str, object] | str,
+        headers: Mapping[str, str] | list[tuple[str, str]],
+    ) -> Response:
+        if isinstance(payload, str):
+            return Response(payload, status=status_code, headers=headers)
+        body = dict(payload)
+        if status_code == 200 and "access_token" in body:
+            body = shape_token_body(body, self._state)
+
+        return Response(orjson.dumps(body), status=status_code, headers=headers)
+
+    def _expires_in(self, client: ClientMixin, grant_type: str) -> int:
+        return self._state.token_lifetime_s
+
+
+def _new_access_token(**_: Any) -> str:
+    return secrets.token_urlsafe(32)
+
+
+def shape_token_body(body: dict[str, object], state: SandboxState) -> dict[str, object]:
+    """Apply the token-response quirks that real providers are known for."""
+    shaped = dict(body)
+    if state.token_type_lowercase:
+        shaped["token_type"] = str(shaped["token_type"]).lower()
+    if state.omit_expires_in:
+        shaped.pop("expires_in", None)
+    elif state.expires_in_as_string:
+        shaped["expires_in"] = str(shaped["expires_in"])
+
+    return shaped
+
+
+class SandboxBearerValidator(BearerTokenValidator):
+    """RFC 6750 bearer checks against the tokens the sandbox issued."""
+
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__(realm=REALM)
+        self._state = state
+
+    def authenticate_token(self, token_string: str) -> OAuthToken | None:
+        token = self._state.find_token(token_string)
+
+        return None if token is None else OAuthToken(token, self._state)
+
+    def validate_token(
+        self, token: OAuthToken | None, scopes: list[str] | None, request: Any
+    ) -> None:
+        if token is None:
+            raise self._invalid("The access token is not one this server issued.")
+        if token.is_revoked():
+            raise self._invalid("The access token was revoked.")
+        if token.is_expired():
+            raise self._invalid("The access token expired.")
+        if not set(scopes or ()) <= set(token.get_scope().split()):
+            raise InsufficientScopeError()
+
+    def _invalid(self, description: str) -> InvalidTokenError:
+        return InvalidTokenError(description=description, realm=self.realm)
+
+
+class SandboxProtector(ResourceProtector):
+    """Authlib's Flask resource protector with the sandbox's bearer validator."""
+
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__()
+        self.register_token_validator(SandboxBearerValidator(state))
+
+    def check(self) -> None:
+        """Check the current Flask request's bearer token; raise OAuth2Error."""
+        self.acquire_token([REQUIRED_SCOPE])  # type: ignore[no-untyped-call]
+
+
+def bearer_error_response(error: OAuth2Error) -> Response:
+    """Turn a failed bearer check into an RFC 6750 §3 response."""
+    status, body, headers = error()
+    # Authlib names these with its own error codes; RFC 6750 §3.1 wants a
+    # bare challenge when the request carried no bearer token at all.
+    if isinstance(error, MissingAuthorizationError | UnsupportedTokenTypeError):
+        headers = _with_challenge(headers, f'Bearer realm="{REALM}"')
+    elif isinstance(error, InsufficientScopeError):
+        challenge = (
+            f'Bearer realm="{REALM}", error="insufficient_scope", '
+            f'scope="{REQUIRED_SCOPE}"'
+        )
+        headers = _with_challenge(headers, challenge)
+
+    return Response(orjson.dumps(body), status=status, headers=headers)
+
+
+def _with_challenge(
+    headers: list[tuple[str, str]], challenge: str
+) -> list[tuple[str, str]]:
+    kept = [(name, value) for name, value in headers if name != "WWW-Authenticate"]
+
+    return [*kept, ("WWW-Authenticate", challenge)]
