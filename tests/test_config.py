@@ -155,3 +155,13 @@ class TestParseDuration:
         """Anything that is not a duration is a ValueError."""
         with pytest.raises(ValueError, match="duration"):
             parse_duration(text)
+
+
+class TestConfigPath:
+    def test_explicit_path_wins_then_job_config_then_default(self) -> None:
+        """--config beats JOB_CONFIG, which beats ./config.yaml."""
+        from job.config import config_path
+
+        assert config_path("a.yaml", {"JOB_CONFIG": "b.yaml"}) == "a.yaml"
+        assert config_path(None, {"JOB_CONFIG": "b.yaml"}) == "b.yaml"
+        assert config_path(None, {}) == "config.yaml"

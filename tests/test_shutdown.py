@@ -1,0 +1,53 @@
+"""SIGTERM in the middle of a pull: the page commits, the run is recorded."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from job.clock import SystemClock
+from job.sandbox import SandboxServer
+from job.storage.engine import make_engine
+from job.storage.store import Store
+from tests.processes import Job
+
+
+class TestShutdownMidPull:
+    def test_sigterm_mid_pull_keeps_stored_pages_and_records_the_run(
+        self, job: Job, sandbox: SandboxServer, tmp_path: Path
+    ) -> None:
+        """Exit 0; the run is `interrupted`; its counters match what is stored."""
+        job.write_config(sandbox)
+        job("db", "upgrade")
+        store = Store(make_engine(f"sqlite:///{tmp_path / 'job.db'}"), SystemClock())
+        sandbox.state.latency_s = 0.4
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "job", "--log-format", "json", "run"],
+            cwd=tmp_path,
+            env=job.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                runs = store.recent_runs()
+                if runs and runs[0]["status"] == "running" and runs[0]["pages"] >= 1:
+                    break
+                time.sleep(0.05)
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=20)
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+        job.watch.output("daemon stderr", err)
+
+        assert daemon.returncode == 0, err
+        (run,) = store.recent_runs()
+        assert run["status"] == "interrupted"
+        assert 1 <= run["pages"] < 5
+        assert store.count_records("items") == run["inserted"] == run["pages"] * 50
+        assert '"event": "run.interrupted"' in err
