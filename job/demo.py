@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -71,64 +73,75 @@ SHOWN = {
 }
 
 
+JOB = [sys.executable, "-m", "job"]
+
+
 def main() -> int:
-    job = [sys.executable, "-m", "job"]
-    if DEMO_DIR.exists():
-        shutil.rmtree(DEMO_DIR)
-    DEMO_DIR.mkdir()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    secret_file = DEMO_DIR / "client_secret"
-    config = DEMO_DIR / "config.yaml"
-    config.write_text(
-        CONFIG.format(
-            db=DEMO_DIR / "job.db", base=base, secret=secret_file, interval=INTERVAL_S
-        )
-    )
+    config = _prepare(base)
 
     _say(
         f"1. starting the sandbox provider on {base} (tokens live {TOKEN_LIFETIME_S}s)"
     )
-    sandbox = subprocess.Popen(
-        [
-            *job,
-            "sandbox",
-            "--port",
-            str(port),
-            "--secret-file",
-            str(secret_file),
-            "--token-lifetime",
-            str(TOKEN_LIFETIME_S),
-            "--records",
-            str(RECORDS),
-            "--mutate-every",
-            "5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_for(base, sandbox)
+    with _sandbox(port, base):
         _say("2. creating the database schema: job db upgrade")
-        subprocess.run([*job, "--config", str(config), "db", "upgrade"], check=True)
+        subprocess.run([*JOB, "--config", str(config), "db", "upgrade"], check=True)
         _say(
             f"3. running the daemon (every {INTERVAL_S}s) for {RUN_FOR_S:.0f}s: job run"
         )
-        events = _run_daemon(job, config)
-    finally:
-        sandbox.send_signal(signal.SIGTERM)
-        sandbox.wait(timeout=10)
+        events = _run_daemon(config)
 
     _say("4. what the database holds: job runs")
-    subprocess.run([*job, "--config", str(config), "runs"], check=True)
+    subprocess.run([*JOB, "--config", str(config), "runs"], check=True)
 
     return _summary(events, DEMO_DIR / "job.db")
 
 
-def _run_daemon(job: list[str], config: Path) -> Counter[str]:
+def _prepare(base: str) -> Path:
+    """A fresh .demo/ folder with the demo's configuration."""
+    if DEMO_DIR.exists():
+        shutil.rmtree(DEMO_DIR)
+    DEMO_DIR.mkdir()
+    config = DEMO_DIR / "config.yaml"
+    config.write_text(
+        CONFIG.format(
+            db=DEMO_DIR / "job.db",
+            base=base,
+            secret=DEMO_DIR / "client_secret",
+            interval=INTERVAL_S,
+        )
+    )
+
+    return config
+
+
+@contextmanager
+def _sandbox(port: int, base: str) -> Iterator[None]:
+    """`job sandbox` in the background, its output kept in .demo/sandbox.log."""
+    options = {
+        "--port": port,
+        "--secret-file": DEMO_DIR / "client_secret",
+        "--token-lifetime": TOKEN_LIFETIME_S,
+        "--records": RECORDS,
+        "--mutate-every": 5,
+    }
+    arguments = [str(part) for pair in options.items() for part in pair]
+    with (DEMO_DIR / "sandbox.log").open("w") as log:
+        process = subprocess.Popen(
+            [*JOB, "sandbox", *arguments], stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            _wait_for(base, process)
+            yield
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
+
+
+def _run_daemon(config: Path) -> Counter[str]:
     daemon = subprocess.Popen(
-        [*job, "--config", str(config), "--log-format", "json", "run"],
+        [*JOB, "--config", str(config), "--log-format", "json", "run"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -202,11 +215,11 @@ def _summary(events: Counter[str], db_path: Path) -> int:
     return 0 if all(ok for _, ok in checks) else 1
 
 
-def _wait_for(base: str, process: subprocess.Popen[str]) -> None:
+def _wait_for(base: str, process: subprocess.Popen[bytes]) -> None:
     for _ in range(100):
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise SystemExit(f"the sandbox exited early:\n{output}")
+            log = (DEMO_DIR / "sandbox.log").read_text()
+            raise SystemExit(f"the sandbox exited early:\n{log}")
         try:
             requests.get(f"{base}/data/protected-resource", timeout=1)
             return
