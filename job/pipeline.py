@@ -157,6 +157,7 @@ class Pipeline:
             policy=RetryPolicy.from_settings(source.retry),
             connect_timeout_s=source.connect_timeout_s,
             read_timeout_s=source.read_timeout_s,
+            allow_cross_origin=source.allow_cross_origin,
         )
         auth = self.tokens.for_provider(self.settings.provider_for(source))
 
@@ -216,7 +217,7 @@ class Pipeline:
 def _advance(
     watermark: CursorValue | None, page: Page, cursor: str
 ) -> CursorValue | None:
-    largest = max_cursor(page.records, cursor)
+    largest = max_cursor(page.records, cursor, page=page.number)
     if largest is None:
         return watermark
     if watermark is None or (
