@@ -122,7 +122,10 @@ class HttpClient:
                 return response
             if response is not None:
                 self._raise_unless_retryable(response, attempt)
-            retry_after = response.headers.get("Retry-After") if response else None
+            # Not `if response`: a Response is falsy for every 4xx and 5xx.
+            retry_after = (
+                response.headers.get("Retry-After") if response is not None else None
+            )
             wait = self._policy.wait(attempt, retry_after, self._clock.now())
             elapsed = self._clock.monotonic() - started
             if not (
