@@ -30,7 +30,7 @@ from job.sandbox import SandboxServer
 from job.storage.engine import make_engine
 from job.storage.store import Store
 from tests.factories import make_pipeline, make_settings
-from tests.listeners import stalled
+from tests.listeners import stalled, unreachable
 from tests.processes import Job
 
 
@@ -300,6 +300,26 @@ class TestHttpFaults:
         assert result.status == "failed"
         assert "no answer within the timeout (ReadTimeout)" in str(row["error"])
         assert (row["token_requests"], row["retries"]) == (2, 1)
+
+    def test_token_and_resource_requests_have_a_connect_timeout(
+        self, sandbox: SandboxServer, engine: Engine, clock: FakeClock
+    ) -> None:
+        """A host that never completes the handshake fails by connect_timeout_s."""
+        with unreachable() as silent:
+            provider = {
+                "token_url": silent + "/oauth/token",
+                "connect_timeout_s": 0.3,
+                "retry": {"max_attempts": 1},
+            }
+            token_side = make_settings(sandbox, url_of(engine), provider=provider)
+            source = {"url": silent + "/data", "connect_timeout_s": 0.3}
+            source["retry"] = {"max_attempts": 1}
+            resource_side = make_settings(sandbox, url_of(engine), source=source)
+            token_result = make_pipeline(token_side, clock).pull("items")
+            resource_result = make_pipeline(resource_side, clock).pull("items")
+
+        assert "(ConnectTimeout)" in str(token_result.error)
+        assert "timed out (ConnectTimeout)" in str(resource_result.error)
 
 
 CONFIG = """\

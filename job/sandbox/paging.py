@@ -128,8 +128,12 @@ def _loopback_base(base: str | None) -> str | None:
     if base is None:
         return None
     host = urlsplit(base).hostname or ""
+    try:
+        is_loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        is_loopback = False
     # The sandbox never points a client at another machine.
-    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+    if not is_loopback:
         raise ValueError(f"next_base={base!r} must be a loopback URL.")
 
     return base.rstrip("/")
