@@ -246,8 +246,8 @@ class CursorValue:
             return cls(kind, instant)
         if kind == "number":
             number = _parse_number(value)
-            if number is not None:
-                return cls(kind, number)
+            # A stored "number" that no longer parses compares as text.
+            return cls(kind, number) if number is not None else cls("string", value)
 
         return cls(kind, value)
 
