@@ -72,13 +72,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DatabaseSettings(_Model):
-    """Where records and runs are kept."""
-
-    url: str = "sqlite:///job.db"
-    busy_timeout_s: Duration = 30.0
-
-
 class RetrySettings(_Model):
     """How hard to try one request before the run fails."""
 
@@ -87,6 +80,15 @@ class RetrySettings(_Model):
     backoff_cap_s: Duration = 30.0
     retry_after_cap_s: Duration = 120.0
     deadline_s: Duration = 300.0
+
+
+class DatabaseSettings(_Model):
+    """Where records and runs are kept."""
+
+    url: str = "sqlite:///job.db"
+    busy_timeout_s: Duration = 30.0
+    # Storing a page again after a lock or a dropped connection.
+    retry: RetrySettings = RetrySettings()
 
 
 class ProviderSettings(_Model):

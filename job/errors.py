@@ -11,6 +11,7 @@ The whole tree::
     |   +-- TransientFetchError   retryable: connection error, timeout, 429, 5xx
     |   +-- PermanentFetchError   not retryable: other 4xx, a bad body, a loop
     +-- StorageError              the database refused or is not ready
+    |   +-- TransientStorageError locked, or the connection dropped: retry the page
     |   +-- SchemaError           the schema is behind the code: run `job db upgrade`
     +-- RunInterrupted            the run was asked to stop (SIGTERM, Ctrl-C)
 
@@ -99,6 +100,10 @@ class PermanentFetchError(FetchError):
 
 class StorageError(JobError):
     """The database refused an operation or is unreachable."""
+
+
+class TransientStorageError(StorageError):
+    """The database is locked or the connection broke; a later attempt may work."""
 
 
 class SchemaError(StorageError):

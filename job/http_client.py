@@ -8,11 +8,12 @@ auth for the token afresh, so it never carries a token that was renewed since.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import orjson
 import requests
 import structlog
+from requests.exceptions import ChunkedEncodingError
 
 from job.clock import Clock
 from job.errors import PermanentFetchError, TransientFetchError
@@ -20,6 +21,8 @@ from job.retry import RetryPolicy
 from job.stats import current_stats
 
 log = structlog.get_logger("job.http")
+
+_MAX_REDIRECTS = 10
 
 _SENSITIVE_PARAMS = frozenset(
     {
@@ -60,6 +63,13 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def origin(url: str) -> tuple[str, str]:
+    """Scheme and host:port of `url` (RFC 6454), without any user info."""
+    parts = urlsplit(url)
+
+    return parts.scheme.lower(), (parts.netloc.rsplit("@", 1)[-1]).lower()
+
+
 def decode_json(response: requests.Response) -> Any:
     """The body as JSON, or a permanent error that says what came instead."""
     try:
@@ -87,11 +97,13 @@ class HttpClient:
         policy: RetryPolicy,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
+        allow_cross_origin: bool = False,
     ) -> None:
         self.session = session
         self._clock = clock
         self._policy = policy
         self._timeout = (connect_timeout_s, read_timeout_s)
+        self._cross_origin = allow_cross_origin
 
     def get(
         self,
@@ -110,7 +122,10 @@ class HttpClient:
                 return response
             if response is not None:
                 self._raise_unless_retryable(response, attempt)
-            retry_after = response.headers.get("Retry-After") if response else None
+            # Not `if response`: a Response is falsy for every 4xx and 5xx.
+            retry_after = (
+                response.headers.get("Retry-After") if response is not None else None
+            )
             wait = self._policy.wait(attempt, retry_after, self._clock.now())
             elapsed = self._clock.monotonic() - started
             if not (
@@ -134,15 +149,59 @@ class HttpClient:
         auth: requests.auth.AuthBase | None,
     ) -> tuple[requests.Response | None, str]:
         try:
-            response = self.session.get(
-                url, params=params, auth=auth, timeout=self._timeout
-            )
+            response = self._follow(url, params, auth)
         except requests.Timeout as exc:
             return None, f"timed out ({exc.__class__.__name__})"
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, ChunkedEncodingError) as exc:
             return None, f"connection failed ({_root_cause(exc)})"
+        except requests.RequestException as exc:
+            raise PermanentFetchError(
+                f"GET {mask_url(url)} failed: {exc.__class__.__name__}; check the "
+                "url and the pagination settings",
+                url=mask_url(url),
+            ) from None
 
         return response, f"status {response.status_code}"
+
+    def _follow(
+        self,
+        url: str,
+        params: dict[str, str] | None,
+        auth: requests.auth.AuthBase | None,
+    ) -> requests.Response:
+        """GET, following redirects only where the bearer token may go."""
+        response = self._get(url, params, auth)
+        for _ in range(_MAX_REDIRECTS):
+            if not response.is_redirect:
+                return response
+            target = urljoin(response.url, response.headers["Location"])
+            if origin(target) != origin(response.url) and not self._cross_origin:
+                response.close()
+                raise PermanentFetchError(
+                    f"{mask_url(response.url)} redirected to {mask_url(target)}, "
+                    "another origin; the bearer token is not sent there unless "
+                    "the source sets allow_cross_origin: true",
+                    url=mask_url(response.url),
+                    status=response.status_code,
+                )
+            response.close()
+            response = self._get(target, None, auth)
+        raise PermanentFetchError(
+            f"GET {mask_url(url)} redirected more than {_MAX_REDIRECTS} times; "
+            "check the url",
+            url=mask_url(url),
+        )
+
+    def _get(
+        self,
+        url: str,
+        params: dict[str, str] | None,
+        auth: requests.auth.AuthBase | None,
+    ) -> requests.Response:
+        # Redirects are followed by hand, so that the origin check sees them.
+        return self.session.get(
+            url, params=params, auth=auth, timeout=self._timeout, allow_redirects=False
+        )
 
     def _raise_unless_retryable(
         self, response: requests.Response, attempt: int

@@ -6,9 +6,11 @@ The daemon, `job once` and the backfill all run pulls through `Pipeline.pull`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import requests
 import structlog
@@ -16,7 +18,7 @@ import structlog
 from job.auth import TokenManagers
 from job.clock import Clock
 from job.config import Settings, SourceSettings
-from job.errors import JobError, RunInterrupted
+from job.errors import JobError, RunInterrupted, StorageError, TransientStorageError
 from job.http_client import HttpClient
 from job.logs import redact_value
 from job.retry import RetryPolicy
@@ -28,10 +30,12 @@ from job.source import (
     max_cursor,
     record_key,
 )
-from job.stats import RunStats, collecting
+from job.stats import RunStats, collecting, current_stats
 from job.storage.store import Record, Store, Watermark
 
 log = structlog.get_logger("job.pipeline")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Pipeline:
         self._clock = clock
         self.stop = stop or threading.Event()
         self.tokens = TokenManagers(session=session, clock=clock)
+        self._storage_policy = RetryPolicy.from_settings(settings.database.retry)
 
     def pull(
         self,
@@ -75,9 +80,17 @@ class Pipeline:
         *,
         window: tuple[datetime, datetime] | None = None,
     ) -> RunResult:
-        """Run one pull of `source_name` and record it; never raises a JobError."""
+        """Run one pull of `source_name` and record it.
+
+        Every failure is caught and recorded in the run's row; only a database
+        that stays unusable while the run is being started raises StorageError
+        (there is no row to record it in).
+        """
         source = self.settings.source(source_name)
-        run_id = self.store.start_run(source.name, trigger, window=window)
+        run_id = self._stored(
+            "start_run",
+            lambda: self.store.start_run(source.name, trigger, window=window),
+        )
         stats = RunStats()
         started = self._clock.monotonic()
         with (
@@ -86,7 +99,7 @@ class Pipeline:
         ):
             log.info("run.started", trigger=trigger, window=_window_text(window))
             status, error = self._pull_pages(source, run_id, stats, window)
-            self.store.finish_run(run_id, status, stats, error)
+            status, error = self._finish(run_id, status, stats, error)
             summary = {"status": status, **stats.as_dict()}
             duration = round(self._clock.monotonic() - started, 3)
             if status == "failed":
@@ -95,6 +108,47 @@ class Pipeline:
                 log.info("run.finished", duration_s=duration, **summary)
 
         return RunResult(run_id, source.name, status, stats, error)
+
+    def _finish(
+        self, run_id: int, status: str, stats: RunStats, error: str | None
+    ) -> tuple[str, str | None]:
+        try:
+            self._stored(
+                "finish_run",
+                lambda: self.store.finish_run(run_id, status, stats, error),
+            )
+        except StorageError as exc:
+            # The row stays `running`; the daemon marks it abandoned at start.
+            log.error("run.unrecorded", status=status, error=exc.message)
+            return "failed", exc.message
+
+        return status, error
+
+    def _stored(self, operation: str, action: Callable[[], T]) -> T:
+        """`action()`, retried with backoff while the database is locked or away.
+
+        A failed attempt rolled its transaction back whole, so trying again
+        neither loses nor doubles anything.
+        """
+        policy = self._storage_policy
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return action()
+            except TransientStorageError as exc:
+                if not policy.has_attempts_left(attempt):
+                    raise
+                wait_s = policy.backoff_s(attempt)
+                log.warning(
+                    "storage.retry_scheduled",
+                    operation=operation,
+                    attempt=attempt,
+                    reason=exc.message,
+                    wait_s=round(wait_s, 3),
+                )
+                current_stats().retries += 1
+                self._clock.sleep(wait_s)
 
     def _pull_pages(
         self,
@@ -133,12 +187,10 @@ class Pipeline:
             batch = self._records(source, page, pulled_at)
             if source.incremental is not None and window is None:
                 watermark = _advance(watermark, page, source.incremental.cursor)
-            counts = self.store.write_page(
-                run_id,
-                source.name,
-                batch,
-                stats,
-                Watermark(watermark.text(), watermark.kind) if watermark else None,
+            mark = Watermark(watermark.text(), watermark.kind) if watermark else None
+            counts = self._stored(
+                "write_page",
+                partial(self.store.write_page, run_id, source.name, batch, stats, mark),
             )
             log.debug(
                 "page.stored",
@@ -157,6 +209,7 @@ class Pipeline:
             policy=RetryPolicy.from_settings(source.retry),
             connect_timeout_s=source.connect_timeout_s,
             read_timeout_s=source.read_timeout_s,
+            allow_cross_origin=source.allow_cross_origin,
         )
         auth = self.tokens.for_provider(self.settings.provider_for(source))
 
@@ -173,7 +226,7 @@ class Pipeline:
         incremental = source.incremental
         if incremental is None:
             return {}, None
-        stored = self.store.watermark(source.name)
+        stored = self._stored("watermark", lambda: self.store.watermark(source.name))
         if stored is None:
             initial = (
                 {incremental.param: incremental.initial} if incremental.initial else {}
@@ -216,7 +269,7 @@ class Pipeline:
 def _advance(
     watermark: CursorValue | None, page: Page, cursor: str
 ) -> CursorValue | None:
-    largest = max_cursor(page.records, cursor)
+    largest = max_cursor(page.records, cursor, page=page.number)
     if largest is None:
         return watermark
     if watermark is None or (

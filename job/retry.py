@@ -27,7 +27,7 @@ class Wait:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded attempts, capped exponential backoff with full jitter, a deadline."""
+    """Bounded attempts, capped exponential backoff with jitter, a deadline."""
 
     max_attempts: int = 5
     backoff_base_s: float = 0.5
@@ -55,7 +55,12 @@ class RetryPolicy:
         return attempt < self.max_attempts
 
     def backoff_s(self, attempt: int) -> float:
-        """Full-jitter exponential backoff after attempt number `attempt`."""
+        """Backoff after attempt number `attempt`: between half and all of a
+        ceiling that doubles from `backoff_base_s` up to `backoff_cap_s`.
+
+        Half of the ceiling at least (equal jitter), so that a retry never
+        comes back at once; the random half spreads clients apart.
+        """
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1))
         return self.rng.uniform(ceiling / 2, ceiling)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import orjson
 import requests
@@ -15,7 +16,7 @@ import structlog
 
 from job.config import SourceSettings
 from job.errors import PermanentFetchError
-from job.http_client import HttpClient, decode_json, mask_url
+from job.http_client import HttpClient, decode_json, mask_url, origin
 
 log = structlog.get_logger("job.source")
 
@@ -76,11 +77,6 @@ def record_key(
         return str(values[0])
 
     return orjson.dumps(values).decode()
-
-
-def origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), (parts.netloc.rsplit("@", 1)[-1]).lower()
 
 
 class SourceReader:
@@ -207,11 +203,11 @@ class SourceReader:
             name = str(pagination.page)
             return self.settings.url, {**query, name: str(int(query[name]) + 1)}
         if style == "offset":
-            size = int(pagination.size or 0)
-            if len(page.records) < size:
-                return None
+            # Step by what came, not by the size asked for: a server that caps
+            # the page size lower would otherwise make the pull skip records.
             name = str(pagination.offset)
-            return self.settings.url, {**query, name: str(int(query[name]) + size)}
+            step = len(page.records)
+            return self.settings.url, {**query, name: str(int(query[name]) + step)}
 
         return None
 
@@ -232,6 +228,10 @@ class CursorValue:
             return None
         if isinstance(raw, int | float):
             return cls("number", raw)
+        number = _parse_number(str(raw))
+        if number is not None:
+            # "99" < "100" as numbers; as text it would sort after.
+            return cls("number", number)
         instant = parse_instant(str(raw))
         if instant is not None:
             return cls("datetime", instant)
@@ -245,8 +245,9 @@ class CursorValue:
             assert instant is not None
             return cls(kind, instant)
         if kind == "number":
-            number = float(value)
-            return cls(kind, int(number) if number.is_integer() else number)
+            number = _parse_number(value)
+            # A stored "number" that no longer parses compares as text.
+            return cls(kind, number) if number is not None else cls("string", value)
 
         return cls(kind, value)
 
@@ -270,7 +271,21 @@ def parse_instant(text: str) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def max_cursor(records: list[Any], path: str) -> CursorValue | None:
+def _parse_number(text: str) -> int | float | None:
+    """An int or a finite float from text, or None; big ints keep every digit."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+
+    return number if math.isfinite(number) else None
+
+
+def max_cursor(records: list[Any], path: str, *, page: int = 1) -> CursorValue | None:
     """The largest cursor value on a page; mixed kinds are a configuration error."""
     best: CursorValue | None = None
     for index, record in enumerate(records):
@@ -279,8 +294,8 @@ def max_cursor(records: list[Any], path: str) -> CursorValue | None:
             continue
         if best is not None and parsed.kind != best.kind:
             raise PermanentFetchError(
-                f"record {index}: cursor {path!r} is a {parsed.kind} where earlier "
-                f"records had a {best.kind}; check incremental.cursor"
+                f"record {index} on page {page}: cursor {path!r} is a {parsed.kind} "
+                f"where earlier records had a {best.kind}; check incremental.cursor"
             )
         if best is None or parsed.value > best.value:
             best = parsed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -36,6 +37,14 @@ class TestRetryPolicy:
         ceilings = [1, 2, 4, 8, 8, 8, 8]
         for wait, ceiling in zip(waits, ceilings, strict=True):
             assert ceiling / 2 <= wait <= ceiling
+
+    def test_backoff_is_jittered(self) -> None:
+        """Clients that failed together do not all come back at the same moment."""
+        retry = policy(backoff_base_s=1.0)
+
+        waits = {retry.backoff_s(3) for _ in range(20)}
+
+        assert len(waits) > 10
 
     def test_attempts_are_bounded(self) -> None:
         """Attempt max_attempts is the last."""
@@ -88,3 +97,21 @@ class TestParseRetryAfter:
         """delta-seconds is a non-negative integer; anything else is unparseable."""
         assert parse_retry_after("-5", NOW) is None
         assert parse_retry_after("1.5", NOW) is None
+
+    def test_an_http_date_ignores_the_local_time_zone(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With TZ set far from UTC, a GMT date still means the same instant."""
+        monkeypatch.setenv("TZ", "America/New_York")
+        time.tzset()
+        try:
+            seconds = parse_retry_after("Sun, 29 Mar 2026 01:30:45 GMT", NOW)
+        finally:
+            monkeypatch.undo()
+            time.tzset()
+
+        assert seconds == 45.0
+
+    def test_a_date_without_a_zone_is_read_as_gmt(self) -> None:
+        """RFC 9110 dates are GMT; a "-0000" (unknown zone) date is too."""
+        assert parse_retry_after("Sun, 29 Mar 2026 01:31:00 -0000", NOW) == 60.0

@@ -11,7 +11,7 @@ from authlib.oauth2 import OAuth2Error
 from flask import Flask, Response, request
 from werkzeug.datastructures import MultiDict
 
-from job.sandbox import faults
+from job.sandbox import faults, paging
 from job.sandbox.oauth import (
     SandboxAuthorizationServer,
     SandboxProtector,
@@ -91,6 +91,8 @@ class _Views:
 
     def _page_response(self) -> Response:
         state = self._state
+        if paging.is_requested(request.args):
+            return paging.response(state, request.args, request.path)
         try:
             query = parse_page_query(
                 request.args, state.default_page_size, state.max_page_size

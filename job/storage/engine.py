@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 import job.migrations
-from job.errors import ConfigError, SchemaError, StorageError
+from job.errors import ConfigError, SchemaError, StorageError, TransientStorageError
 from job.logs import redact_value
 
 MIGRATIONS_DIR = Path(job.migrations.__file__).parent
@@ -132,10 +132,40 @@ def check_schema(engine: Engine) -> None:
 
 
 def unreachable(engine: Engine, exc: Exception) -> StorageError:
-    """A StorageError for a database that refused or could not be reached."""
+    """A StorageError for a database that refused or could not be reached.
+
+    Locks and broken connections are a TransientStorageError: the pipeline
+    retries the page with backoff, since its transaction was rolled back whole.
+    """
     where = engine.url.render_as_string(hide_password=True)
-    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+    lines = str(getattr(exc, "orig", exc)).strip().splitlines() or ["no detail"]
+    detail = redact_value(lines[0][:300])
+    if is_locked(exc):
+        return TransientStorageError(
+            f"database {where} is locked by another writer ({detail}); if this "
+            "lasts, find the process holding it or raise database.busy_timeout_s"
+        )
+    if is_disconnect(engine, exc):
+        return TransientStorageError(
+            f"database {where} dropped the connection ({detail}); check that the "
+            "server is up"
+        )
+
     return StorageError(
-        f"database {where} is not usable: {redact_value(detail)}; check "
+        f"database {where} is not usable: {detail}; check "
         "database.url (or JOB_DATABASE_URL) and that the server is up"
     )
+
+
+def is_locked(exc: Exception) -> bool:
+    """SQLite's SQLITE_BUSY / SQLITE_LOCKED, which go away when the lock does."""
+    text = str(getattr(exc, "orig", exc)).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def is_disconnect(engine: Engine, exc: Exception) -> bool:
+    """A connection the server closed or never opened (a restart, a kill)."""
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    # psycopg reports a server that is down or restarting as OperationalError.
+    return engine.dialect.name == "postgresql" and isinstance(exc, OperationalError)

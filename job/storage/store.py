@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -163,16 +163,16 @@ class Store:
                 updated=len(changed),
                 unchanged=len(latest) - len(fresh) - len(changed),
             )
-            stats.pages += 1
-            stats.records_seen += len(page)
-            stats.inserted += counts.inserted
-            stats.updated += counts.updated
-            stats.unchanged += counts.unchanged
+            after = _counted(stats, counts, len(page))
             if watermark is not None:
                 self._save_watermark(connection, source, run_id, watermark, now)
             connection.execute(
-                update(runs).where(runs.c.id == run_id).values(**stats.as_dict())
+                update(runs).where(runs.c.id == run_id).values(**after.as_dict())
             )
+        # Only a committed page counts: a page rolled back and retried must
+        # not be counted twice.
+        for name, value in after.as_dict().items():
+            setattr(stats, name, value)
 
         return counts
 
@@ -294,6 +294,18 @@ class Store:
 
     def _connect(self) -> Any:
         return _Guard(self.engine, begin=False)
+
+
+def _counted(stats: RunStats, counts: PageCounts, seen: int) -> RunStats:
+    """`stats` with one more page of `counts` added, as a new value."""
+    return replace(
+        stats,
+        pages=stats.pages + 1,
+        records_seen=stats.records_seen + seen,
+        inserted=stats.inserted + counts.inserted,
+        updated=stats.updated + counts.updated,
+        unchanged=stats.unchanged + counts.unchanged,
+    )
 
 
 def _plain(mapping: Any) -> dict[str, Any]:

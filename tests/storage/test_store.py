@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import StatementError
 
 from job.clock import FakeClock
 from job.source import content_hash
 from job.stats import RunStats
 from job.storage import engine as db
 from job.storage.store import Record, Store, Watermark
-from job.storage.tables import records
+from job.storage.tables import records, source_state
 
 
 def record(key: int, **fields: object) -> Record:
@@ -240,3 +241,87 @@ class TestSchema:
             mode = connection.execute(text("PRAGMA journal_mode")).scalar()
 
         assert mode == "wal"
+
+
+class TestStorageDetails:
+    def test_json_null_is_a_json_value_never_sql_null(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """A record that is JSON null, or holds one, is stored as JSON on both."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        rows = [
+            Record("null", None, content_hash(None)),
+            Record("inner", {"a": None}, content_hash({"a": None})),
+        ]
+
+        store.write_page(run, "items", rows, RunStats())
+
+        with engine.connect() as connection:
+            sql_nulls = connection.execute(
+                text("SELECT count(*) FROM records WHERE payload IS NULL")
+            ).scalar_one()
+        payloads = {r["record_key"]: r["payload"] for r in store.iter_records("items")}
+        assert sql_nulls == 0
+        assert payloads == {"null": None, "inner": {"a": None}}
+
+    def test_every_stored_time_comes_back_aware_in_utc(self, engine: Engine) -> None:
+        """Times given at +02:00 are read back as the same instant, in UTC."""
+        plus_two = timezone(timedelta(hours=2))
+        clock = FakeClock(datetime(2026, 6, 1, 14, 0, tzinfo=plus_two))
+        store = Store(engine, clock)
+        window = (datetime(2026, 5, 1, 2, 0, tzinfo=plus_two), clock.now())
+        run = store.start_run("items", "backfill", window=window)
+        store.write_page(
+            run, "items", [record(1)], RunStats(), Watermark("1", "number")
+        )
+        store.finish_run(run, "succeeded", RunStats())
+
+        (row,) = store.recent_runs()
+        (stored,) = store.iter_records("items")
+        with engine.connect() as connection:
+            state_at = connection.execute(
+                select(source_state.c.updated_at)
+            ).scalar_one()
+        times = [
+            row["started_at"],
+            row["finished_at"],
+            row["window_start"],
+            row["window_end"],
+            stored["first_seen_at"],
+            stored["last_seen_at"],
+            state_at,
+        ]
+
+        assert all(t.utcoffset() == timedelta(0) for t in times)
+        assert row["started_at"] == datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+        assert row["window_start"] == datetime(2026, 5, 1, 0, 0, tzinfo=UTC)
+        assert stored["first_seen_at"] == clock.now()
+
+    def test_naive_times_are_refused(self, engine: Engine, clock: FakeClock) -> None:
+        """A naive datetime is a bug: storing it fails instead of guessing a zone."""
+        store = Store(engine, clock)
+
+        with pytest.raises(StatementError, match="naive datetimes"):
+            store.start_run(
+                "items", "backfill", window=(datetime(2026, 1, 1), clock.now())
+            )
+
+    def test_upserts_are_batched_not_one_round_trip_per_record(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """1234 records go out in three INSERT ... ON CONFLICT statements."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        statements: list[str] = []
+        event.listen(
+            engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *rest: statements.append(statement),
+        )
+
+        store.write_page(run, "items", [record(i) for i in range(1234)], RunStats())
+
+        inserts = [s for s in statements if s.startswith("INSERT INTO records")]
+        assert len(inserts) == 3
+        assert all("ON CONFLICT" in s for s in inserts)
