@@ -10,23 +10,38 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 import requests
 import structlog
 from requests.auth import AuthBase
 
+from job.client_auth import (
+    ASSERTION_TYPE,
+    AssertionSigner,
+    basic_credentials,
+    tls_options,
+)
 from job.clock import Clock
 from job.config import ProviderSettings
 from job.errors import AuthError, PermanentAuthError, TransientAuthError
 from job.logs import SECRETS
 from job.retry import RetryPolicy
 from job.stats import current_stats
+
+__all__ = [
+    "Token",
+    "TokenManager",
+    "TokenManagers",
+    "basic_credentials",
+    "fingerprint",
+    "parse_token_response",
+]
 
 log = structlog.get_logger("job.auth")
 
@@ -54,16 +69,6 @@ _HINTS = {
 def fingerprint(token: str) -> str:
     """A short, stable name for a token that reveals nothing of it."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-def basic_credentials(client_id: str, secret: str) -> str:
-    """The client_secret_basic header value, encoded as RFC 6749 section 2.3.1 asks.
-
-    The id and the secret are each form-urlencoded before Base64, so a secret
-    holding `:`, `+`, `%` or a space reaches a strict server intact.
-    """
-    pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ def cache_key(provider: ProviderSettings) -> tuple[str | None, ...]:
         provider.audience,
         provider.resource,
         provider.auth_method,
+        *(f"{name}={value}" for name, value in sorted(provider.extra_params.items())),
     )
 
 
@@ -119,7 +125,11 @@ class TokenManager(AuthBase):
         self._lock = threading.Lock()
         self._token: Token | None = None
         self._warned_no_lifetime = False
+        self._signer = AssertionSigner(provider, clock)
         self.requests_made = 0
+        # The last permanent refusal, until a token is obtained again; the
+        # daemon reads it to back off between runs instead of hammering.
+        self.permanent_failure: PermanentAuthError | None = None
         if provider.client_secret is not None:
             SECRETS.add(provider.client_secret.get_secret_value())
 
@@ -235,7 +245,9 @@ class TokenManager(AuthBase):
                 continue
             except PermanentAuthError as exc:
                 self._log_failure(exc, attempt)
+                self.permanent_failure = exc
                 raise
+            self.permanent_failure = None
             event = "token.renewed" if previous is not None else "token.acquired"
             log.info(
                 event,
@@ -315,6 +327,8 @@ class TokenManager(AuthBase):
             raise self._transient(
                 f"no answer within the timeout ({exc.__class__.__name__})"
             ) from None
+        except requests.exceptions.SSLError as exc:
+            raise self._tls_failure(exc) from None
         except requests.ConnectionError:
             raise self._transient(
                 f"cannot connect to {provider.token_url}; is the provider up "
@@ -331,6 +345,8 @@ class TokenManager(AuthBase):
         )
 
     def _credentials(self) -> tuple[dict[str, str], dict[str, str]]:
+        # The same form on the first request and on every renewal: the
+        # grant's parameters come from the frozen settings only.
         provider = self.provider
         data = {"grant_type": "client_credentials"}
         if provider.scope:
@@ -341,19 +357,23 @@ class TokenManager(AuthBase):
             data["resource"] = provider.resource
         data.update(provider.extra_params)
         headers = {"Accept": "application/json"}
-        if provider.auth_method == "client_secret_basic":
+        method = provider.auth_method
+        if method == "client_secret_basic":
             headers["Authorization"] = basic_credentials(
                 provider.client_id, self._secret()
             )
-        elif provider.auth_method == "client_secret_post":
+        elif method == "client_secret_post":
             data["client_id"] = provider.client_id
             data["client_secret"] = self._secret()
+        elif method == "private_key_jwt":
+            # client_id is optional in RFC 7523, but Entra ID requires it.
+            data["client_id"] = provider.client_id
+            data["client_assertion_type"] = ASSERTION_TYPE
+            data["client_assertion"] = self._signer.assertion()
         else:
-            raise PermanentAuthError(
-                f"provider {provider.name!r}: auth_method {provider.auth_method} "
-                "is not supported yet; use client_secret_basic or client_secret_post",
-                provider=provider.name,
-            )
+            # tls_client_auth: the certificate authenticates; RFC 8705
+            # section 2 still wants client_id in the form.
+            data["client_id"] = provider.client_id
 
         return headers, data
 
@@ -368,13 +388,31 @@ class TokenManager(AuthBase):
 
         return headers, data
 
+    def describe_credentials(self) -> dict[str, str]:
+        """What identifies the client besides the form: key, certificate, CA."""
+        provider = self.provider
+        facts: dict[str, str] = {}
+        if provider.auth_method == "private_key_jwt":
+            facts["private key"] = str(provider.private_key_file)
+            facts["assertion"] = (
+                f"{self._signer.algorithm}, kid {self._signer.key_id()}, "
+                f"aud {provider.assertion_audience or provider.token_url}"
+            )
+        if provider.client_cert_file is not None:
+            facts["client certificate"] = str(provider.client_cert_file)
+            facts["client key"] = str(provider.client_key_file or "(in the cert file)")
+        if provider.ca_bundle is not None:
+            facts["ca bundle"] = str(provider.ca_bundle)
+
+        return facts
+
     def _secret(self) -> str:
         secret = self.provider.secret()
         SECRETS.add(secret)
         return secret
 
     def _tls_options(self) -> dict[str, Any]:
-        return {}
+        return tls_options(self.provider)
 
     def _transient(
         self, message: str, *, status: int | None = None
@@ -385,6 +423,24 @@ class TokenManager(AuthBase):
             status=status,
         )
 
+    def _tls_failure(self, exc: requests.exceptions.SSLError) -> AuthError:
+        root = _root_cause(exc)
+        url = self.provider.token_url
+        if isinstance(root, ssl.SSLCertVerificationError):
+            return PermanentAuthError(
+                f"the TLS certificate of {url} is not trusted "
+                f"({getattr(root, 'verify_message', None) or 'verification failed'})"
+                "; set ca_bundle to the CA file of a private issuer",
+                provider=self.provider.name,
+            )
+        # A server refusing our client certificate mostly just hangs up
+        # mid-handshake, which looks like any dropped connection: transient.
+        return self._transient(
+            f"the TLS handshake failed ({type(root).__name__}); for mutual TLS "
+            "check client_cert_file, client_key_file and that the provider "
+            "trusts the certificate"
+        )
+
     def _warn_missing_lifetime(self) -> None:
         if not self._warned_no_lifetime:
             self._warned_no_lifetime = True
@@ -393,6 +449,23 @@ class TokenManager(AuthBase):
                 provider=self.provider.name,
                 assumed_lifetime_s=self.provider.default_lifetime_s,
             )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error under requests' and urllib3's wrappers."""
+    current = exc
+    for _ in range(10):  # the chain is short; the bound guards against cycles
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            wrapped = (a for a in current.args if isinstance(a, BaseException))
+            inner = next(wrapped, None)
+        if inner is None:
+            inner = current.__cause__ or current.__context__
+        if inner is None:
+            break
+        current = inner
+
+    return current
 
 
 def _bearer_of(request: requests.PreparedRequest | None) -> str | None:
