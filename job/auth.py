@@ -57,8 +57,20 @@ PERMANENT_ERRORS = frozenset(
         "access_denied",
     }
 )
+# Codes that say "not now" rather than "not you"; some providers send them
+# with a 400 or even a 200.
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+_INVALID_CLIENT_HINTS = {
+    "client_secret_basic": "check client_id and client_secret, or try "
+    "auth_method client_secret_post",
+    "client_secret_post": "check client_id and client_secret, or try "
+    "auth_method client_secret_basic",
+    "private_key_jwt": "check client_id, that the provider holds the public key "
+    "of private_key_file under key_id, and assertion_audience",
+    "tls_client_auth": "check client_id and that the provider registered the "
+    "certificate in client_cert_file",
+}
 _HINTS = {
-    "invalid_client": "check client_id and client_secret, and auth_method",
     "unauthorized_client": "the client may not use the client_credentials grant",
     "invalid_scope": "check the scope spelling (Entra ID wants api://<app>/.default)",
     "unsupported_grant_type": "the provider does not offer client_credentials",
@@ -485,11 +497,7 @@ def parse_token_response(
     """A `Token` from a token endpoint's answer, or the right kind of AuthError."""
     status = response.status_code
     body = _json_body(response)
-    if (
-        status == 429
-        or status >= 500
-        or (isinstance(body, dict) and body.get("error") == "temporarily_unavailable")
-    ):
+    if status == 429 or status >= 500 or _field(body, "error") in TRANSIENT_ERRORS:
         error = TransientAuthError(
             f"token request to {provider.token_url} answered {status}"
             + _describe_error(body),
@@ -510,7 +518,11 @@ def parse_token_response(
         )
     if "error" in body or status >= 400:
         code = _field(body, "error")
-        hint = _HINTS.get(code or "", "check the provider settings")
+        hint = (
+            _INVALID_CLIENT_HINTS[provider.auth_method]
+            if code == "invalid_client"
+            else _HINTS.get(code or "", "check the provider settings")
+        )
         raise PermanentAuthError(
             f"provider {provider.name!r} refused the token request ({status})"
             f"{_describe_error(body)}; {hint}",

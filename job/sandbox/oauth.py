@@ -12,6 +12,7 @@ import base64
 import binascii
 import re
 import secrets
+import time
 from collections.abc import Collection, Mapping
 from typing import Any, cast
 from urllib.parse import unquote_plus
@@ -38,7 +39,8 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from cryptography import x509
 from flask import Response
 from flask import request as flask_request
-from joserfc.jwk import KeySet
+from joserfc import jwt
+from joserfc.jwk import KeySet, OctKey
 
 from job.sandbox.state import IssuedToken, SandboxClient, SandboxState
 
@@ -240,7 +242,7 @@ class SandboxAuthorizationServer(AuthorizationServer):
     def __init__(self, state: SandboxState) -> None:
         super().__init__()
         self._state = state
-        generator = BearerTokenGenerator(_new_access_token, None, self._expires_in)
+        generator = BearerTokenGenerator(self._new_access_token, None, self._expires_in)
         self.register_token_generator("default", generator)
         self.register_grant(SandboxClientCredentialsGrant)
         self.register_client_auth_method(
@@ -288,9 +290,19 @@ class SandboxAuthorizationServer(AuthorizationServer):
     def _expires_in(self, client: ClientMixin, grant_type: str) -> int:
         return self._state.token_lifetime_s
 
+    def _new_access_token(self, *, client: ClientMixin, **_: Any) -> str:
+        if not self._state.jwt_access_tokens:
+            return secrets.token_urlsafe(32)
+        claims = {
+            "sub": client.get_client_id(),
+            "exp": int(time.time()) + self._state.token_lifetime_s,
+            "jti": secrets.token_urlsafe(16),
+        }
+        # Clients must not verify it (that is the resource's job), so a
+        # throwaway HMAC key is as good as any.
+        key = OctKey.generate_key(256)
 
-def _new_access_token(**_: Any) -> str:
-    return secrets.token_urlsafe(32)
+        return jwt.encode({"alg": "HS256"}, claims, key)
 
 
 def shape_token_body(body: dict[str, object], state: SandboxState) -> dict[str, object]:
@@ -302,6 +314,11 @@ def shape_token_body(body: dict[str, object], state: SandboxState) -> dict[str, 
         shaped.pop("expires_in", None)
     elif state.expires_in_as_string:
         shaped["expires_in"] = str(shaped["expires_in"])
+    for name, value in state.token_body_overrides.items():
+        if value is None:
+            shaped.pop(name, None)
+        else:
+            shaped[name] = value
 
     return shaped
 

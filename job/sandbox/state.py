@@ -81,6 +81,7 @@ class SandboxState:
         "fail_503_count",
         "fail_after_pages",
         "html_200_count",
+        "jwt_access_tokens",
         "last_token_form",
         "latency_s",
         "max_page_size",
@@ -92,6 +93,7 @@ class SandboxState:
         "stall_count",
         "token_429_count",
         "token_503_count",
+        "token_body_overrides",
         "token_error_code",
         "token_error_with_200",
         "token_html_error",
@@ -148,6 +150,12 @@ class SandboxState:
         self.token_503_count = 0
         # The `aud` a client assertion must name; None: the token URL called.
         self.assertion_audience: str | None = None
+        # Fields set in (or, when None, removed from) every successful token
+        # response: expires_on, a float expires_in, token_type DPoP, ...
+        self.token_body_overrides: dict[str, Any] = {}
+        # Issue JWT-shaped access tokens whose `exp` claim is the expiry on
+        # the wall clock, as Entra ID and Auth0 do.
+        self.jwt_access_tokens = False
 
     def _init_resource_faults(self) -> None:
         self.latency_s = 0.0
