@@ -22,6 +22,7 @@ from job.sandbox import SandboxServer, SandboxSettings
 from job.sandbox.tls import IssuedCertificate, TestAuthority
 from tests.factories import SANDBOX_SECRET
 from tests.leaks import LeakWatch
+from tests.processes import Job
 
 JWT_CLIENT = "jwt-client"
 TLS_CLIENT = "mtls-client"
@@ -354,3 +355,58 @@ class TestMutualTls:
             "cert": (str(cert.cert_file), str(cert.key_file)),
             "verify": str(authority.ca_file),
         }
+
+
+JWT_CONFIG = """\
+database:
+  url: sqlite:///{folder}/job.db
+providers:
+  entra-like:
+    token_url: {token_url}
+    client_id: {client_id}
+    auth_method: private_key_jwt
+    private_key_file: {key_file}
+    key_id: key-1
+    scope: read:data
+sources:
+  - name: items
+    provider: entra-like
+    url: {resource_url}
+"""
+
+
+class TestTokenCommand:
+    def test_token_verbose_with_private_key_jwt(
+        self, job: Job, sandbox: SandboxServer, tmp_path: Path
+    ) -> None:
+        """`job token --verbose` names the key and kid and masks the assertion."""
+        key_file = tmp_path / "client.pem"
+        register_jwt_client(sandbox, write_key(key_file, "ec"))
+        (tmp_path / "config.yaml").write_text(
+            JWT_CONFIG.format(
+                folder=tmp_path,
+                token_url=sandbox.token_url,
+                client_id=JWT_CLIENT,
+                key_file=key_file,
+                resource_url=sandbox.resource_url,
+            )
+        )
+
+        shown = job("token", "--source", "items", "--verbose")
+
+        facts = dict(_fact(line) for line in shown.stdout.splitlines())
+        assert shown.returncode == 0, shown.stderr
+        assert facts["auth_method"] == "private_key_jwt"
+        assert facts["token_url"] == sandbox.token_url
+        assert facts["granted scope"] == "read:data"
+        assert facts["lifetime"] == "300 s"
+        assert facts["private key"] == str(key_file)
+        assert facts["assertion"] == f"ES256, kid key-1, aud {sandbox.token_url}"
+        assert "'client_assertion': '***'" in facts["request body"]
+        assert ASSERTION_TYPE in facts["request body"]
+        assert len(facts["fingerprint"]) == 12
+
+
+def _fact(line: str) -> tuple[str, str]:
+    name, _, value = line.partition("  ")
+    return name.strip(), value.strip()
