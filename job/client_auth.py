@@ -14,6 +14,7 @@ Four methods, named as in the IANA registry of RFC 7591:
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc import jwk, jwt
@@ -58,6 +60,7 @@ class AssertionSigner:
     clock: Clock
     _key: jwk.Key | None = field(default=None, init=False, repr=False)
     _algorithm: str = field(default="", init=False)
+    _x5t: dict[str, str] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def assertion(self) -> str:
@@ -74,7 +77,12 @@ class AssertionSigner:
             "nbf": issued,
             "exp": issued + ASSERTION_LIFETIME_S,
         }
-        header = {"alg": algorithm, "kid": self.key_id(), "typ": "JWT"}
+        header = {
+            "alg": algorithm,
+            "kid": self.key_id(),
+            "typ": "JWT",
+            **self._thumbprints(),
+        }
 
         return jwt.encode(header, claims, key, algorithms=[algorithm])
 
@@ -85,6 +93,18 @@ class AssertionSigner:
         key, _ = self._loaded()
 
         return key.thumbprint()
+
+    def _thumbprints(self) -> dict[str, str]:
+        # Entra ID finds the certificate by its SHA-1 thumbprint (x5t), not
+        # by kid; send both forms when the certificate is configured.
+        path = self.provider.client_cert_file
+        if path is None:
+            return {}
+        with self._lock:
+            if self._x5t is None:
+                pem = _read(path, self.provider.name, "client_cert_file")
+                self._x5t = certificate_thumbprints(pem, self.provider.name, path)
+            return dict(self._x5t)
 
     @property
     def algorithm(self) -> str:
@@ -114,6 +134,27 @@ def load_signing_key(provider: ProviderSettings) -> tuple[jwk.Key, str]:
     key_type, algorithm = _algorithm_for(private, provider.name, path)
 
     return jwk.import_key(pem, key_type), algorithm
+
+
+def certificate_thumbprints(pem: bytes, name: str, path: Path) -> dict[str, str]:
+    """`x5t` and `x5t#S256` (RFC 7515 4.1.7-8) of a PEM certificate."""
+    try:
+        der = x509.load_pem_x509_certificate(pem).public_bytes(
+            serialization.Encoding.DER
+        )
+    except ValueError:
+        raise ConfigError(
+            f"provider {name!r}: client_cert_file {path} is not a PEM certificate"
+        ) from None
+
+    return {
+        "x5t": _b64url(hashlib.sha1(der).digest()),  # noqa: S324 - a name, per RFC
+        "x5t#S256": _b64url(hashlib.sha256(der).digest()),
+    }
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _algorithm_for(private: Any, name: str, path: Path) -> tuple[KeyType, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwk, jwt
 
@@ -184,6 +186,27 @@ class TestPrivateKeyJwt:
 
         token = jwt_manager(sandbox, wall_clock, key_file, key_id=None).token()
 
+        assert token.value in sandbox.state.issued_tokens
+
+    def test_a_configured_certificate_adds_its_thumbprints(
+        self, sandbox: SandboxServer, wall_clock: FakeClock, tmp_path: Path
+    ) -> None:
+        """Entra ID style: x5t and x5t#S256 of client_cert_file in the header."""
+        cert = TestAuthority(tmp_path).issue_client(JWT_CLIENT)
+        loaded = x509.load_pem_x509_certificate(cert.cert_file.read_bytes())
+        public = jwk.import_key(cert.key_file.read_bytes(), "EC")
+        register_jwt_client(sandbox, public)
+        manager = jwt_manager(
+            sandbox, wall_clock, cert.key_file, client_cert_file=str(cert.cert_file)
+        )
+
+        header = jwt.decode(sent_assertion(manager), public).header
+        token = manager.token()
+
+        assert base64.urlsafe_b64decode(header["x5t"] + "=") == loaded.fingerprint(
+            hashes.SHA1()  # noqa: S303 - the thumbprint RFC 7515 defines
+        )
+        assert len(header["x5t#S256"]) == 43
         assert token.value in sandbox.state.issued_tokens
 
     def test_an_unreadable_key_file_is_a_config_error(
