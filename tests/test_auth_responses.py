@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -272,6 +273,26 @@ class TestTransientFailures:
         assert sandbox.state.token_requests == 3
         failed = only(captured, "token.failed")
         assert (failed["status"], failed["permanent"]) == (429, False)
+
+    def test_a_provider_that_never_answers_times_out_transiently(
+        self, sandbox: SandboxServer, clock: FakeClock, captured: EventList
+    ) -> None:
+        """A read timeout is retried like a 5xx, then fails as transient."""
+        with socket.create_server(("127.0.0.1", 0)) as silent:
+            port = silent.getsockname()[1]
+            manager = manager_for(
+                sandbox,
+                clock,
+                token_url=f"http://127.0.0.1:{port}/token",
+                read_timeout_s=0.05,
+                retry={"max_attempts": 2},
+            )
+
+            with pytest.raises(TransientAuthError, match="no answer within"):
+                manager.token()
+
+        assert len(clock.sleeps) == 1
+        assert only(captured, "token.failed")["permanent"] is False
 
 
 class TestRequestParameters:
