@@ -27,6 +27,7 @@ from tests.leaks import LeakWatch
 from tests.processes import Job
 
 JWT_CLIENT = "jwt-client"
+UNUSED_URL = "https://127.0.0.1:1/token"  # never called
 TLS_CLIENT = "mtls-client"
 
 
@@ -265,13 +266,13 @@ def tls_sandbox(
 
 
 def tls_manager(
-    server: SandboxServer,
+    token_url: str,
     clock: FakeClock,
     cert: IssuedCertificate,
     ca_bundle: Path | None,
 ) -> TokenManager:
     settings = provider(
-        server.token_url,
+        token_url,
         client_id=TLS_CLIENT,
         auth_method="tls_client_auth",
         client_cert_file=str(cert.cert_file),
@@ -295,7 +296,9 @@ class TestMutualTls:
             TLS_CLIENT, "", auth_methods=("tls_client_auth",), tls_subject=cert.subject
         )
 
-        token = tls_manager(tls_sandbox, clock, cert, authority.ca_file).token()
+        token = tls_manager(
+            tls_sandbox.token_url, clock, cert, authority.ca_file
+        ).token()
 
         assert token.value in tls_sandbox.state.issued_tokens
         assert tls_sandbox.state.last_token_form == {
@@ -321,7 +324,9 @@ class TestMutualTls:
         stranger = authority.issue_client("someone-else")
 
         with pytest.raises(PermanentAuthError) as refused:
-            tls_manager(tls_sandbox, clock, stranger, authority.ca_file).token()
+            tls_manager(
+                tls_sandbox.token_url, clock, stranger, authority.ca_file
+            ).token()
 
         assert refused.value.error == "invalid_client"
         assert tls_sandbox.state.token_requests == 1
@@ -336,7 +341,7 @@ class TestMutualTls:
         cert = authority.issue_client(TLS_CLIENT)
 
         with pytest.raises(PermanentAuthError, match="set ca_bundle"):
-            tls_manager(tls_sandbox, clock, cert, None).token()
+            tls_manager(tls_sandbox.token_url, clock, cert, None).token()
 
         assert clock.sleeps == []
 
@@ -353,24 +358,31 @@ class TestMutualTls:
         foreign = TestAuthority(elsewhere).issue_client(TLS_CLIENT)
 
         with pytest.raises(TransientAuthError, match="client_cert_file"):
-            tls_manager(tls_sandbox, clock, foreign, authority.ca_file).token()
+            tls_manager(
+                tls_sandbox.token_url, clock, foreign, authority.ca_file
+            ).token()
 
         assert tls_sandbox.state.token_requests == 0
+
+    def test_token_command_facts_name_the_files(
+        self, authority: TestAuthority, clock: FakeClock
+    ) -> None:
+        """`job token` shows the certificate, key and CA bundle paths."""
+        cert = authority.issue_client(TLS_CLIENT)
+        manager = tls_manager(UNUSED_URL, clock, cert, authority.ca_file)
+
+        assert manager.describe_credentials() == {
+            "client certificate": str(cert.cert_file),
+            "client key": str(cert.key_file),
+            "ca bundle": str(authority.ca_file),
+        }
 
     def test_requests_gets_cert_and_verify(
         self, authority: TestAuthority, clock: FakeClock
     ) -> None:
         """The files go to requests as `cert=(cert, key)` and `verify=ca_bundle`."""
         cert = authority.issue_client(TLS_CLIENT)
-        settings = provider(
-            "https://127.0.0.1:1/token",
-            client_id=TLS_CLIENT,
-            auth_method="tls_client_auth",
-            client_cert_file=str(cert.cert_file),
-            client_key_file=str(cert.key_file),
-            ca_bundle=str(authority.ca_file),
-        )
-        manager = TokenManager(settings, session=requests.Session(), clock=clock)
+        manager = tls_manager(UNUSED_URL, clock, cert, authority.ca_file)
 
         options = manager._tls_options()
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -46,7 +47,7 @@ def rendered(leak_watch: LeakWatch) -> Iterator[io.StringIO]:
     leak_watch.output("the rendered log", stream.getvalue())
 
 
-def lines(stream: io.StringIO) -> list[dict[str, object]]:
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in stream.getvalue().splitlines()]
 
 

@@ -167,7 +167,7 @@ class TestMutualTls:
         form = {"grant_type": "client_credentials", "client_id": "mtls"}
 
         response = requests.post(
-            optional_tls.token_url, data=form, verify=authority.ca_file, timeout=5
+            optional_tls.token_url, data=form, verify=str(authority.ca_file), timeout=5
         )
 
         assert response.status_code == 401
@@ -183,7 +183,7 @@ class TestMutualTls:
             optional_tls.token_url,
             data=form,
             auth=("job-demo", "test-secret"),
-            verify=authority.ca_file,
+            verify=str(authority.ca_file),
             timeout=5,
         )
 
