@@ -4,6 +4,8 @@
 included, asks it for the current token at the moment it is sent. Tokens live
 in memory only. Neither a token nor a secret is ever logged: events carry a
 short fingerprint (a hash, never a prefix), the lifetime and the scope.
+How the client authenticates (secret, signed assertion, certificate) is in
+`job.client_auth`.
 """
 
 from __future__ import annotations
@@ -326,8 +328,22 @@ class TokenManager(AuthBase):
         )
         self.requests_made += 1
         current_stats().token_requests += 1
+        response = self._post(headers, data)
+        requested_at = self._clock.now()
+
+        return parse_token_response(
+            response,
+            provider=provider,
+            obtained_at=requested_at,
+            monotonic=self._clock.monotonic(),
+            on_missing_lifetime=self._warn_missing_lifetime,
+        )
+
+    def _post(self, headers: dict[str, str], data: dict[str, str]) -> requests.Response:
+        """One POST to the token endpoint; transport failures become AuthErrors."""
+        provider = self.provider
         try:
-            response = self._session.post(
+            return self._session.post(
                 provider.token_url,
                 data=data,
                 headers=headers,
@@ -346,15 +362,6 @@ class TokenManager(AuthBase):
                 f"cannot connect to {provider.token_url}; is the provider up "
                 "and the token_url right?"
             ) from None
-        requested_at = self._clock.now()
-
-        return parse_token_response(
-            response,
-            provider=provider,
-            obtained_at=requested_at,
-            monotonic=self._clock.monotonic(),
-            on_missing_lifetime=self._warn_missing_lifetime,
-        )
 
     def _credentials(self) -> tuple[dict[str, str], dict[str, str]]:
         # The same form on the first request and on every renewal: the
@@ -495,59 +502,8 @@ def parse_token_response(
     on_missing_lifetime: Any = None,
 ) -> Token:
     """A `Token` from a token endpoint's answer, or the right kind of AuthError."""
-    status = response.status_code
-    body = _json_body(response)
-    if status == 429 or status >= 500 or _field(body, "error") in TRANSIENT_ERRORS:
-        error = TransientAuthError(
-            f"token request to {provider.token_url} answered {status}"
-            + _describe_error(body),
-            provider=provider.name,
-            status=status,
-            error=_field(body, "error"),
-            error_description=_field(body, "error_description"),
-        )
-        error.retry_after = response.headers.get("Retry-After")  # type: ignore[attr-defined]
-        raise error
-    if not isinstance(body, dict):
-        kind = response.headers.get("Content-Type", "no content type")
-        raise PermanentAuthError(
-            f"token request to {provider.token_url} answered {status} with a body "
-            f"that is not JSON ({kind}); check token_url",
-            provider=provider.name,
-            status=status,
-        )
-    if "error" in body or status >= 400:
-        code = _field(body, "error")
-        hint = (
-            _INVALID_CLIENT_HINTS[provider.auth_method]
-            if code == "invalid_client"
-            else _HINTS.get(code or "", "check the provider settings")
-        )
-        raise PermanentAuthError(
-            f"provider {provider.name!r} refused the token request ({status})"
-            f"{_describe_error(body)}; {hint}",
-            provider=provider.name,
-            status=status,
-            error=code,
-            error_description=_field(body, "error_description"),
-        )
-    value = body.get("access_token")
-    if not isinstance(value, str) or not value:
-        raise PermanentAuthError(
-            f"token response from {provider.token_url} has no access_token; "
-            "check token_url and the grant",
-            provider=provider.name,
-            status=status,
-        )
-    SECRETS.add(value)
-    token_type = str(body.get("token_type") or "Bearer")
-    if token_type.lower() != "bearer":
-        raise PermanentAuthError(
-            f"provider {provider.name!r} issued a {token_type!r} token; only Bearer "
-            "tokens are supported",
-            provider=provider.name,
-            status=status,
-        )
+    body = _successful_body(response, provider)
+    value = _bearer_token(body, provider, response.status_code)
     lifetime = _lifetime_s(body, value, obtained_at)
     if lifetime is None:
         if on_missing_lifetime is not None:
@@ -567,6 +523,82 @@ def parse_token_response(
         expires_at=obtained_at + timedelta(seconds=lifetime),
         expires_mono=monotonic + lifetime,
     )
+
+
+def _successful_body(
+    response: requests.Response, provider: ProviderSettings
+) -> dict[str, Any]:
+    """The JSON object of a success, else a transient or permanent AuthError."""
+    status = response.status_code
+    body = _json_body(response)
+    if status == 429 or status >= 500 or _field(body, "error") in TRANSIENT_ERRORS:
+        error = TransientAuthError(
+            f"token request to {provider.token_url} answered {status}"
+            + _describe_error(body),
+            provider=provider.name,
+            status=status,
+            error=_field(body, "error"),
+            error_description=_field(body, "error_description"),
+        )
+        error.retry_after = response.headers.get("Retry-After")  # type: ignore[attr-defined]
+        raise error
+    if not isinstance(body, dict):
+        # Never the body itself: a login page may echo what we sent.
+        kind = response.headers.get("Content-Type", "no content type")
+        raise PermanentAuthError(
+            f"token request to {provider.token_url} answered {status} with a body "
+            f"that is not JSON ({kind}); check token_url",
+            provider=provider.name,
+            status=status,
+        )
+    if "error" in body or status >= 400:
+        raise _refusal(body, provider, status)
+
+    return body
+
+
+def _refusal(
+    body: dict[str, Any], provider: ProviderSettings, status: int
+) -> PermanentAuthError:
+    code = _field(body, "error")
+    hint = (
+        _INVALID_CLIENT_HINTS[provider.auth_method]
+        if code == "invalid_client"
+        else _HINTS.get(code or "", "check the provider settings")
+    )
+
+    return PermanentAuthError(
+        f"provider {provider.name!r} refused the token request ({status})"
+        f"{_describe_error(body)}; {hint}",
+        provider=provider.name,
+        status=status,
+        error=code,
+        error_description=_field(body, "error_description"),
+    )
+
+
+def _bearer_token(body: dict[str, Any], provider: ProviderSettings, status: int) -> str:
+    """The access token, registered with the redactor, if it is a Bearer token."""
+    value = body.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise PermanentAuthError(
+            f"token response from {provider.token_url} has no access_token; "
+            "check token_url and the grant",
+            provider=provider.name,
+            status=status,
+        )
+    SECRETS.add(value)
+    token_type = str(body.get("token_type") or "Bearer")
+    if token_type.lower() != "bearer":
+        raise PermanentAuthError(
+            f"provider {provider.name!r} issued a {token_type!r} token; only Bearer "
+            "tokens are supported: configure the client at the provider for "
+            "Bearer tokens (no DPoP or other sender binding)",
+            provider=provider.name,
+            status=status,
+        )
+
+    return value
 
 
 def _json_body(response: requests.Response) -> Any:
