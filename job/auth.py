@@ -4,29 +4,46 @@
 included, asks it for the current token at the moment it is sent. Tokens live
 in memory only. Neither a token nor a secret is ever logged: events carry a
 short fingerprint (a hash, never a prefix), the lifetime and the scope.
+How the client authenticates (secret, signed assertion, certificate) is in
+`job.client_auth`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ssl
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 import requests
 import structlog
 from requests.auth import AuthBase
 
+from job.client_auth import (
+    ASSERTION_TYPE,
+    AssertionSigner,
+    basic_credentials,
+    tls_options,
+)
 from job.clock import Clock
 from job.config import ProviderSettings
 from job.errors import AuthError, PermanentAuthError, TransientAuthError
 from job.logs import SECRETS
 from job.retry import RetryPolicy
 from job.stats import current_stats
+
+__all__ = [
+    "Token",
+    "TokenManager",
+    "TokenManagers",
+    "basic_credentials",
+    "fingerprint",
+    "parse_token_response",
+]
 
 log = structlog.get_logger("job.auth")
 
@@ -42,8 +59,20 @@ PERMANENT_ERRORS = frozenset(
         "access_denied",
     }
 )
+# Codes that say "not now" rather than "not you"; some providers send them
+# with a 400 or even a 200.
+TRANSIENT_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+_INVALID_CLIENT_HINTS = {
+    "client_secret_basic": "check client_id and client_secret, or try "
+    "auth_method client_secret_post",
+    "client_secret_post": "check client_id and client_secret, or try "
+    "auth_method client_secret_basic",
+    "private_key_jwt": "check client_id, that the provider holds the public key "
+    "of private_key_file under key_id, and assertion_audience",
+    "tls_client_auth": "check client_id and that the provider registered the "
+    "certificate in client_cert_file",
+}
 _HINTS = {
-    "invalid_client": "check client_id and client_secret, and auth_method",
     "unauthorized_client": "the client may not use the client_credentials grant",
     "invalid_scope": "check the scope spelling (Entra ID wants api://<app>/.default)",
     "unsupported_grant_type": "the provider does not offer client_credentials",
@@ -54,16 +83,6 @@ _HINTS = {
 def fingerprint(token: str) -> str:
     """A short, stable name for a token that reveals nothing of it."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-def basic_credentials(client_id: str, secret: str) -> str:
-    """The client_secret_basic header value, encoded as RFC 6749 section 2.3.1 asks.
-
-    The id and the secret are each form-urlencoded before Base64, so a secret
-    holding `:`, `+`, `%` or a space reaches a strict server intact.
-    """
-    pair = f"{quote(client_id, safe='')}:{quote(secret, safe='')}"
-    return "Basic " + base64.b64encode(pair.encode()).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ def cache_key(provider: ProviderSettings) -> tuple[str | None, ...]:
         provider.audience,
         provider.resource,
         provider.auth_method,
+        *(f"{name}={value}" for name, value in sorted(provider.extra_params.items())),
     )
 
 
@@ -119,7 +139,11 @@ class TokenManager(AuthBase):
         self._lock = threading.Lock()
         self._token: Token | None = None
         self._warned_no_lifetime = False
+        self._signer = AssertionSigner(provider, clock)
         self.requests_made = 0
+        # The last permanent refusal, until a token is obtained again; the
+        # daemon reads it to back off between runs instead of hammering.
+        self.permanent_failure: PermanentAuthError | None = None
         if provider.client_secret is not None:
             SECRETS.add(provider.client_secret.get_secret_value())
 
@@ -235,7 +259,9 @@ class TokenManager(AuthBase):
                 continue
             except PermanentAuthError as exc:
                 self._log_failure(exc, attempt)
+                self.permanent_failure = exc
                 raise
+            self.permanent_failure = None
             event = "token.renewed" if previous is not None else "token.acquired"
             log.info(
                 event,
@@ -302,8 +328,22 @@ class TokenManager(AuthBase):
         )
         self.requests_made += 1
         current_stats().token_requests += 1
+        response = self._post(headers, data)
+        requested_at = self._clock.now()
+
+        return parse_token_response(
+            response,
+            provider=provider,
+            obtained_at=requested_at,
+            monotonic=self._clock.monotonic(),
+            on_missing_lifetime=self._warn_missing_lifetime,
+        )
+
+    def _post(self, headers: dict[str, str], data: dict[str, str]) -> requests.Response:
+        """One POST to the token endpoint; transport failures become AuthErrors."""
+        provider = self.provider
         try:
-            response = self._session.post(
+            return self._session.post(
                 provider.token_url,
                 data=data,
                 headers=headers,
@@ -315,22 +355,17 @@ class TokenManager(AuthBase):
             raise self._transient(
                 f"no answer within the timeout ({exc.__class__.__name__})"
             ) from None
+        except requests.exceptions.SSLError as exc:
+            raise self._tls_failure(exc) from None
         except requests.ConnectionError:
             raise self._transient(
                 f"cannot connect to {provider.token_url}; is the provider up "
                 "and the token_url right?"
             ) from None
-        requested_at = self._clock.now()
-
-        return parse_token_response(
-            response,
-            provider=provider,
-            obtained_at=requested_at,
-            monotonic=self._clock.monotonic(),
-            on_missing_lifetime=self._warn_missing_lifetime,
-        )
 
     def _credentials(self) -> tuple[dict[str, str], dict[str, str]]:
+        # The same form on the first request and on every renewal: the
+        # grant's parameters come from the frozen settings only.
         provider = self.provider
         data = {"grant_type": "client_credentials"}
         if provider.scope:
@@ -341,19 +376,23 @@ class TokenManager(AuthBase):
             data["resource"] = provider.resource
         data.update(provider.extra_params)
         headers = {"Accept": "application/json"}
-        if provider.auth_method == "client_secret_basic":
+        method = provider.auth_method
+        if method == "client_secret_basic":
             headers["Authorization"] = basic_credentials(
                 provider.client_id, self._secret()
             )
-        elif provider.auth_method == "client_secret_post":
+        elif method == "client_secret_post":
             data["client_id"] = provider.client_id
             data["client_secret"] = self._secret()
+        elif method == "private_key_jwt":
+            # client_id is optional in RFC 7523, but Entra ID requires it.
+            data["client_id"] = provider.client_id
+            data["client_assertion_type"] = ASSERTION_TYPE
+            data["client_assertion"] = self._signer.assertion()
         else:
-            raise PermanentAuthError(
-                f"provider {provider.name!r}: auth_method {provider.auth_method} "
-                "is not supported yet; use client_secret_basic or client_secret_post",
-                provider=provider.name,
-            )
+            # tls_client_auth: the certificate authenticates; RFC 8705
+            # section 2 still wants client_id in the form.
+            data["client_id"] = provider.client_id
 
         return headers, data
 
@@ -368,13 +407,31 @@ class TokenManager(AuthBase):
 
         return headers, data
 
+    def describe_credentials(self) -> dict[str, str]:
+        """What identifies the client besides the form: key, certificate, CA."""
+        provider = self.provider
+        facts: dict[str, str] = {}
+        if provider.auth_method == "private_key_jwt":
+            facts["private key"] = str(provider.private_key_file)
+            facts["assertion"] = (
+                f"{self._signer.algorithm}, kid {self._signer.key_id()}, "
+                f"aud {provider.assertion_audience or provider.token_url}"
+            )
+        if provider.client_cert_file is not None:
+            facts["client certificate"] = str(provider.client_cert_file)
+            facts["client key"] = str(provider.client_key_file or "(in the cert file)")
+        if provider.ca_bundle is not None:
+            facts["ca bundle"] = str(provider.ca_bundle)
+
+        return facts
+
     def _secret(self) -> str:
         secret = self.provider.secret()
         SECRETS.add(secret)
         return secret
 
     def _tls_options(self) -> dict[str, Any]:
-        return {}
+        return tls_options(self.provider)
 
     def _transient(
         self, message: str, *, status: int | None = None
@@ -385,6 +442,24 @@ class TokenManager(AuthBase):
             status=status,
         )
 
+    def _tls_failure(self, exc: requests.exceptions.SSLError) -> AuthError:
+        root = _root_cause(exc)
+        url = self.provider.token_url
+        if isinstance(root, ssl.SSLCertVerificationError):
+            return PermanentAuthError(
+                f"the TLS certificate of {url} is not trusted "
+                f"({getattr(root, 'verify_message', None) or 'verification failed'})"
+                "; set ca_bundle to the CA file of a private issuer",
+                provider=self.provider.name,
+            )
+        # A server refusing our client certificate mostly just hangs up
+        # mid-handshake, which looks like any dropped connection: transient.
+        return self._transient(
+            f"the TLS handshake failed ({type(root).__name__}); for mutual TLS "
+            "check client_cert_file, client_key_file and that the provider "
+            "trusts the certificate"
+        )
+
     def _warn_missing_lifetime(self) -> None:
         if not self._warned_no_lifetime:
             self._warned_no_lifetime = True
@@ -393,6 +468,23 @@ class TokenManager(AuthBase):
                 provider=self.provider.name,
                 assumed_lifetime_s=self.provider.default_lifetime_s,
             )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error under requests' and urllib3's wrappers."""
+    current = exc
+    for _ in range(10):  # the chain is short; the bound guards against cycles
+        inner = getattr(current, "reason", None)
+        if not isinstance(inner, BaseException):
+            wrapped = (a for a in current.args if isinstance(a, BaseException))
+            inner = next(wrapped, None)
+        if inner is None:
+            inner = current.__cause__ or current.__context__
+        if inner is None:
+            break
+        current = inner
+
+    return current
 
 
 def _bearer_of(request: requests.PreparedRequest | None) -> str | None:
@@ -410,59 +502,8 @@ def parse_token_response(
     on_missing_lifetime: Any = None,
 ) -> Token:
     """A `Token` from a token endpoint's answer, or the right kind of AuthError."""
-    status = response.status_code
-    body = _json_body(response)
-    if (
-        status == 429
-        or status >= 500
-        or (isinstance(body, dict) and body.get("error") == "temporarily_unavailable")
-    ):
-        error = TransientAuthError(
-            f"token request to {provider.token_url} answered {status}"
-            + _describe_error(body),
-            provider=provider.name,
-            status=status,
-            error=_field(body, "error"),
-            error_description=_field(body, "error_description"),
-        )
-        error.retry_after = response.headers.get("Retry-After")  # type: ignore[attr-defined]
-        raise error
-    if not isinstance(body, dict):
-        kind = response.headers.get("Content-Type", "no content type")
-        raise PermanentAuthError(
-            f"token request to {provider.token_url} answered {status} with a body "
-            f"that is not JSON ({kind}); check token_url",
-            provider=provider.name,
-            status=status,
-        )
-    if "error" in body or status >= 400:
-        code = _field(body, "error")
-        hint = _HINTS.get(code or "", "check the provider settings")
-        raise PermanentAuthError(
-            f"provider {provider.name!r} refused the token request ({status})"
-            f"{_describe_error(body)}; {hint}",
-            provider=provider.name,
-            status=status,
-            error=code,
-            error_description=_field(body, "error_description"),
-        )
-    value = body.get("access_token")
-    if not isinstance(value, str) or not value:
-        raise PermanentAuthError(
-            f"token response from {provider.token_url} has no access_token; "
-            "check token_url and the grant",
-            provider=provider.name,
-            status=status,
-        )
-    SECRETS.add(value)
-    token_type = str(body.get("token_type") or "Bearer")
-    if token_type.lower() != "bearer":
-        raise PermanentAuthError(
-            f"provider {provider.name!r} issued a {token_type!r} token; only Bearer "
-            "tokens are supported",
-            provider=provider.name,
-            status=status,
-        )
+    body = _successful_body(response, provider)
+    value = _bearer_token(body, provider, response.status_code)
     lifetime = _lifetime_s(body, value, obtained_at)
     if lifetime is None:
         if on_missing_lifetime is not None:
@@ -482,6 +523,82 @@ def parse_token_response(
         expires_at=obtained_at + timedelta(seconds=lifetime),
         expires_mono=monotonic + lifetime,
     )
+
+
+def _successful_body(
+    response: requests.Response, provider: ProviderSettings
+) -> dict[str, Any]:
+    """The JSON object of a success, else a transient or permanent AuthError."""
+    status = response.status_code
+    body = _json_body(response)
+    if status == 429 or status >= 500 or _field(body, "error") in TRANSIENT_ERRORS:
+        error = TransientAuthError(
+            f"token request to {provider.token_url} answered {status}"
+            + _describe_error(body),
+            provider=provider.name,
+            status=status,
+            error=_field(body, "error"),
+            error_description=_field(body, "error_description"),
+        )
+        error.retry_after = response.headers.get("Retry-After")  # type: ignore[attr-defined]
+        raise error
+    if not isinstance(body, dict):
+        # Never the body itself: a login page may echo what we sent.
+        kind = response.headers.get("Content-Type", "no content type")
+        raise PermanentAuthError(
+            f"token request to {provider.token_url} answered {status} with a body "
+            f"that is not JSON ({kind}); check token_url",
+            provider=provider.name,
+            status=status,
+        )
+    if "error" in body or status >= 400:
+        raise _refusal(body, provider, status)
+
+    return body
+
+
+def _refusal(
+    body: dict[str, Any], provider: ProviderSettings, status: int
+) -> PermanentAuthError:
+    code = _field(body, "error")
+    hint = (
+        _INVALID_CLIENT_HINTS[provider.auth_method]
+        if code == "invalid_client"
+        else _HINTS.get(code or "", "check the provider settings")
+    )
+
+    return PermanentAuthError(
+        f"provider {provider.name!r} refused the token request ({status})"
+        f"{_describe_error(body)}; {hint}",
+        provider=provider.name,
+        status=status,
+        error=code,
+        error_description=_field(body, "error_description"),
+    )
+
+
+def _bearer_token(body: dict[str, Any], provider: ProviderSettings, status: int) -> str:
+    """The access token, registered with the redactor, if it is a Bearer token."""
+    value = body.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise PermanentAuthError(
+            f"token response from {provider.token_url} has no access_token; "
+            "check token_url and the grant",
+            provider=provider.name,
+            status=status,
+        )
+    SECRETS.add(value)
+    token_type = str(body.get("token_type") or "Bearer")
+    if token_type.lower() != "bearer":
+        raise PermanentAuthError(
+            f"provider {provider.name!r} issued a {token_type!r} token; only Bearer "
+            "tokens are supported: configure the client at the provider for "
+            "Bearer tokens (no DPoP or other sender binding)",
+            provider=provider.name,
+            status=status,
+        )
+
+    return value
 
 
 def _json_body(response: requests.Response) -> Any:

@@ -239,6 +239,7 @@ def token(context: Context, source_name: str | None, verbose: bool) -> None:
         "lifetime": f"{issued.lifetime_s:.0f} s",
         "expires at": issued.expires_at.isoformat(),
         "fingerprint": issued.fingerprint,
+        **manager.describe_credentials(),
     }
     if verbose:
         headers, data = manager.describe_request()

@@ -21,6 +21,16 @@ LogFormat = Literal["auto", "console", "json"]
 
 MASK = "***"
 
+# Libraries whose records join ours; quiet unless the user asks for DEBUG.
+LIBRARY_LOGGERS = (
+    "apscheduler",
+    "sqlalchemy",
+    "urllib3",
+    "alembic",
+    "werkzeug",
+    "authlib",
+)
+
 _CREDENTIAL_PATTERNS = tuple(
     re.compile(pattern)
     for pattern in (
@@ -137,7 +147,7 @@ def configure_logging(
     root.setLevel(level.upper())
     # Library chatter stays at WARNING unless the user asks for DEBUG.
     quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
-    for name in ("apscheduler", "sqlalchemy", "urllib3", "alembic", "werkzeug"):
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(max(quiet, root.level))
 
     structlog.configure(

@@ -14,9 +14,10 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from job.backoff import RunBackoff
 from job.clock import Clock
 from job.config import ScheduleSettings, SourceSettings
-from job.errors import ConfigError
+from job.errors import ConfigError, PermanentAuthError
 from job.pipeline import Pipeline
 
 log = structlog.get_logger("job.scheduler")
@@ -59,6 +60,7 @@ class Daemon:
         self._clock = clock
         self.sources = sources
         self.stopped = threading.Event()
+        self.backoff = RunBackoff(clock)
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
 
@@ -93,7 +95,19 @@ class Daemon:
         log.info("daemon.stopped")
 
     def _pull(self, source_name: str) -> None:
-        self.pipeline.pull(source_name, "schedule")
+        if not self.backoff.allows(source_name):
+            return
+        result = self.pipeline.pull(source_name, "schedule")
+        self.backoff.record(
+            source_name, None if result.succeeded else self._refusal(source_name)
+        )
+
+    def _refusal(self, source_name: str) -> PermanentAuthError | None:
+        """The provider's permanent refusal that failed this source's run, if any."""
+        settings = self.pipeline.settings
+        provider = settings.provider_for(settings.source(source_name))
+
+        return self.pipeline.tokens.for_provider(provider).permanent_failure
 
     def _on_missed(self, event: JobEvent) -> None:
         log.warning(

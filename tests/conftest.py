@@ -111,9 +111,12 @@ def leak_watch(
     out, err = capfd.readouterr()
     watch.output("stdout", out)
     watch.output("stderr", err)
-    watch.output("logging", caplog.text)
-    for record in caplog.records:
-        watch.output("a log record's arguments", repr(record.args))
+    # caplog.text and caplog.records hold the current phase only (teardown
+    # by now); read the setup and call phases too, where the test ran.
+    for when in ("setup", "call", "teardown"):
+        for record in caplog.get_records(when):
+            watch.output(f"a log record ({when})", str(record.msg))
+            watch.output(f"a log record's arguments ({when})", repr(record.args))
     leaks = watch.leaks()
     assert not leaks, "; ".join(sorted(set(leaks)))
     # Show what was captured, as pytest would have, now that it is checked.

@@ -223,6 +223,24 @@ class TestTokenCache:
 
         assert managers.for_provider(one) is not managers.for_provider(two)
 
+    @pytest.mark.parametrize(
+        "difference",
+        [
+            {"resource": "https://api.example"},
+            {"extra_params": {"tenant": "t-2"}},
+            {"auth_method": "client_secret_post"},
+        ],
+    )
+    def test_any_other_difference_in_the_request_gets_its_own_token(
+        self, sandbox: SandboxServer, clock: FakeClock, difference: dict[str, Any]
+    ) -> None:
+        """Resource, extra_params or auth method: never the same cached token."""
+        managers = TokenManagers(session=requests.Session(), clock=clock)
+        one = provider_for(sandbox, extra_params={"tenant": "t-1"})
+        two = provider_for(sandbox, **{"extra_params": {"tenant": "t-1"}, **difference})
+
+        assert managers.for_provider(one) is not managers.for_provider(two)
+
 
 class TestNoLeaks:
     def test_the_token_repr_hides_the_value(

@@ -23,8 +23,9 @@ from job.sandbox.state import SandboxState
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a path, not a credential
 RESOURCE_PATH = "/data/protected-resource"
 
-# Never echoed into state.last_token_form, which tests print freely.
-_SECRET_FIELD = "client_secret"  # noqa: S105 - a field name
+# Never echoed into state.last_token_form, which tests print freely: a
+# client assertion is a bearer credential too until it expires.
+_SECRET_FIELDS = frozenset({"client_secret", "client_assertion"})
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class _Views:
         self._protector = SandboxProtector(state)
 
     def token(self) -> Response:
-        form = {k: v for k, v in request.form.items() if k != _SECRET_FIELD}
+        form = {k: v for k, v in request.form.items() if k not in _SECRET_FIELDS}
         self._state.count_token_request(form)
         fault = faults.token_fault(self._state)
         if fault is not None:

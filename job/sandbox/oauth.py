@@ -12,6 +12,7 @@ import base64
 import binascii
 import re
 import secrets
+import time
 from collections.abc import Collection, Mapping
 from typing import Any, cast
 from urllib.parse import unquote_plus
@@ -34,7 +35,12 @@ from authlib.oauth2.rfc6750 import (
     InsufficientScopeError,
     InvalidTokenError,
 )
+from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+from cryptography import x509
 from flask import Response
+from flask import request as flask_request
+from joserfc import jwt
+from joserfc.jwk import KeySet, OctKey
 
 from job.sandbox.state import IssuedToken, SandboxClient, SandboxState
 
@@ -77,6 +83,8 @@ class OAuthClient(ClientMixin):
         return self.grantable_scope(" ".join(scope)) or ""
 
     def check_client_secret(self, client_secret: str) -> bool:
+        if not self.client.secret:
+            return False  # a key- or certificate-only client has no secret
         expected = self.client.secret.encode()
 
         return secrets.compare_digest(expected, client_secret.encode())
@@ -159,10 +167,62 @@ def authenticate_basic_strictly(query_client: Any, request: Any) -> OAuthClient 
     return client
 
 
-class SandboxClientCredentialsGrant(ClientCredentialsGrant):
-    """The client-credentials grant, with both secret methods and client scopes."""
+class SandboxClientAssertion(JWTBearerClientAssertion):
+    """RFC 7523 section 2.2 ``private_key_jwt``, verified by Authlib and joserfc.
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    The assertion must be signed by a key in the client's registered JWK Set
+    (matched by ``kid``), name the token URL (or `state.assertion_audience`)
+    as ``aud``, carry ``exp`` and a ``jti`` never seen before.
+    """
+
+    # Authlib's stub marks it Final; its docs say to override it.
+    CLIENT_AUTH_METHOD = "private_key_jwt"  # type: ignore[misc]
+
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__(validate_jti=True, leeway=5)
+        self._state = state
+
+    def get_audiences(self) -> list[str]:
+        configured = self._state.assertion_audience
+
+        return [configured] if configured else [flask_request.base_url]
+
+    def validate_jti(self, claims: Mapping[str, Any], jti: str) -> bool:
+        return self._state.use_jti(str(claims["sub"]), jti)
+
+    def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
+        jwks = client.client.jwks or {"keys": []}
+
+        return KeySet.import_key_set(cast(Any, dict(jwks)))
+
+
+def authenticate_tls_client(query_client: Any, request: Any) -> OAuthClient | None:
+    """RFC 8705 ``tls_client_auth``: the verified peer certificate's subject.
+
+    The TLS layer has already checked the certificate against the sandbox's
+    CA; werkzeug hands it over as ``SSL_CLIENT_CERT`` (PEM) in the environ.
+    """
+    pem = flask_request.environ.get("SSL_CLIENT_CERT")
+    client_id = request.form.get("client_id")
+    if not pem or not client_id:
+        return None
+    client: OAuthClient | None = query_client(client_id)
+    if client is None or client.client.tls_subject is None:
+        return None
+    subject = x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string()
+
+    return client if subject == client.client.tls_subject else None
+
+
+class SandboxClientCredentialsGrant(ClientCredentialsGrant):
+    """The client-credentials grant, with every client auth method and scopes."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+        "tls_client_auth",
+    ]
 
     def validate_requested_scope(self) -> None:
         # RFC 6749 §3.3: a scope beyond what the client was granted is an
@@ -182,12 +242,16 @@ class SandboxAuthorizationServer(AuthorizationServer):
     def __init__(self, state: SandboxState) -> None:
         super().__init__()
         self._state = state
-        generator = BearerTokenGenerator(_new_access_token, None, self._expires_in)
+        generator = BearerTokenGenerator(self._new_access_token, None, self._expires_in)
         self.register_token_generator("default", generator)
         self.register_grant(SandboxClientCredentialsGrant)
         self.register_client_auth_method(
             "client_secret_basic", authenticate_basic_strictly
         )
+        self.register_client_auth_method(
+            "private_key_jwt", SandboxClientAssertion(state)
+        )
+        self.register_client_auth_method("tls_client_auth", authenticate_tls_client)
 
     # Authlib treats None as "no such client"; its stub says it never is.
     def query_client(self, client_id: str) -> OAuthClient | None:  # type: ignore[override]
@@ -226,9 +290,19 @@ class SandboxAuthorizationServer(AuthorizationServer):
     def _expires_in(self, client: ClientMixin, grant_type: str) -> int:
         return self._state.token_lifetime_s
 
+    def _new_access_token(self, *, client: ClientMixin, **_: Any) -> str:
+        if not self._state.jwt_access_tokens:
+            return secrets.token_urlsafe(32)
+        claims = {
+            "sub": client.get_client_id(),
+            "exp": int(time.time()) + self._state.token_lifetime_s,
+            "jti": secrets.token_urlsafe(16),
+        }
+        # Clients must not verify it (that is the resource's job), so a
+        # throwaway HMAC key is as good as any.
+        key = OctKey.generate_key(256)
 
-def _new_access_token(**_: Any) -> str:
-    return secrets.token_urlsafe(32)
+        return jwt.encode({"alg": "HS256"}, claims, key)
 
 
 def shape_token_body(body: dict[str, object], state: SandboxState) -> dict[str, object]:
@@ -240,6 +314,11 @@ def shape_token_body(body: dict[str, object], state: SandboxState) -> dict[str, 
         shaped.pop("expires_in", None)
     elif state.expires_in_as_string:
         shaped["expires_in"] = str(shaped["expires_in"])
+    for name, value in state.token_body_overrides.items():
+        if value is None:
+            shaped.pop(name, None)
+        else:
+            shaped[name] = value
 
     return shaped
 

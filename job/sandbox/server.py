@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from types import FrameType, TracebackType
@@ -38,10 +39,17 @@ class SandboxServer:
     """A local OAuth 2.0 provider and protected API, served from a thread."""
 
     def __init__(
-        self, settings: SandboxSettings, *, monotonic: Monotonic | None = None
+        self,
+        settings: SandboxSettings,
+        *,
+        monotonic: Monotonic | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
         self.state = SandboxState(settings, monotonic=monotonic)
+        # HTTPS when given (see job.sandbox.tls); werkzeug then puts a verified
+        # client certificate into the environ as SSL_CLIENT_CERT.
+        self.ssl_context = ssl_context
         self._stopping = threading.Event()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -51,7 +59,7 @@ class SandboxServer:
         if self._server is not None:
             raise RuntimeError("This sandbox server was already started.")
         app = create_app(self.state, self._stopping)
-        self._server = _bind(self.settings, app)
+        self._server = _bind(self.settings, app, self.ssl_context)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": _POLL_INTERVAL_S},
@@ -95,7 +103,9 @@ class SandboxServer:
         if ":" in host:
             host = f"[{host}]"
 
-        return f"http://{host}:{self._server.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+
+        return f"{scheme}://{host}:{self._server.port}"
 
     @property
     def token_url(self) -> str:
@@ -119,7 +129,9 @@ class SandboxServer:
         self.stop()
 
 
-def _bind(settings: SandboxSettings, app: Any) -> BaseWSGIServer:
+def _bind(
+    settings: SandboxSettings, app: Any, ssl_context: ssl.SSLContext | None
+) -> BaseWSGIServer:
     # Binding here rather than inside werkzeug turns a busy port into an
     # OSError for the caller; werkzeug would print and call sys.exit.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -133,6 +145,7 @@ def _bind(settings: SandboxSettings, app: Any) -> BaseWSGIServer:
             app,
             threaded=True,
             request_handler=_RequestHandler,
+            ssl_context=ssl_context,
             fd=listener.fileno(),
         )
 

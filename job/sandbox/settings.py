@@ -6,7 +6,12 @@ import ipaddress
 from dataclasses import dataclass, field
 
 DEFAULT_AUTH_METHODS: tuple[str, ...] = ("client_secret_basic", "client_secret_post")
+# The configured client has a secret only; clients added at run time
+# (`SandboxState.add_client`) may also use a key or a certificate.
 SUPPORTED_AUTH_METHODS = frozenset(DEFAULT_AUTH_METHODS)
+CLIENT_AUTH_METHODS = frozenset(
+    (*DEFAULT_AUTH_METHODS, "private_key_jwt", "tls_client_auth")
+)
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,13 @@ def _check_loopback(host: str) -> None:
         )
 
 
-def check_auth_methods(methods: tuple[str, ...]) -> None:
+def check_auth_methods(
+    methods: tuple[str, ...], supported: frozenset[str] = SUPPORTED_AUTH_METHODS
+) -> None:
     """Raise ValueError unless the methods are ones the sandbox supports."""
-    unknown = set(methods) - SUPPORTED_AUTH_METHODS
+    unknown = set(methods) - supported
     if unknown or not methods:
         raise ValueError(
             f"auth_methods={methods!r} must be a non-empty subset of "
-            f"{sorted(SUPPORTED_AUTH_METHODS)}."
+            f"{sorted(supported)}."
         )

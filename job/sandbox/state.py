@@ -11,12 +11,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from job.sandbox.records import RecordSet
 from job.sandbox.settings import (
+    CLIENT_AUTH_METHODS,
     DEFAULT_AUTH_METHODS,
     SandboxSettings,
     check_auth_methods,
@@ -33,6 +34,10 @@ class SandboxClient:
     secret: str = field(repr=False)
     scope: str
     auth_methods: tuple[str, ...]
+    # private_key_jwt: the client's public keys, a JWK Set (RFC 7517 section 5).
+    jwks: Mapping[str, Any] | None = None
+    # tls_client_auth: the subject DN its certificate must carry (RFC 8705 2.1.2).
+    tls_subject: str | None = None
 
 
 @dataclass
@@ -58,6 +63,7 @@ class SandboxState:
         "_epoch_anchor",
         "_epoch_base",
         "_issued",
+        "_jtis",
         "_lock",
         "_monotonic",
         "_mutate_every_s",
@@ -65,6 +71,7 @@ class SandboxState:
         "_rng",
         "_seed",
         "_tokens",
+        "assertion_audience",
         "default_page_size",
         "drop_connection_count",
         "error_rate_5xx",
@@ -74,6 +81,7 @@ class SandboxState:
         "fail_503_count",
         "fail_after_pages",
         "html_200_count",
+        "jwt_access_tokens",
         "last_token_form",
         "latency_s",
         "max_page_size",
@@ -85,6 +93,7 @@ class SandboxState:
         "stall_count",
         "token_429_count",
         "token_503_count",
+        "token_body_overrides",
         "token_error_code",
         "token_error_with_200",
         "token_html_error",
@@ -103,6 +112,7 @@ class SandboxState:
         self._clients: dict[str, SandboxClient] = {}
         self._tokens: dict[str, IssuedToken] = {}
         self._issued: list[str] = []
+        self._jtis: set[tuple[str, str]] = set()
         self._records = RecordSet(settings.records)
         self._mutate_every_s = settings.mutate_every_s
         self._epoch_base = 0
@@ -138,6 +148,14 @@ class SandboxState:
         self.token_html_error_status = 500
         self.token_429_count = 0
         self.token_503_count = 0
+        # The `aud` a client assertion must name; None: the token URL called.
+        self.assertion_audience: str | None = None
+        # Fields set in (or, when None, removed from) every successful token
+        # response: expires_on, a float expires_in, token_type DPoP, ...
+        self.token_body_overrides: dict[str, Any] = {}
+        # Issue JWT-shaped access tokens whose `exp` claim is the expiry on
+        # the wall clock, as Entra ID and Auth0 do.
+        self.jwt_access_tokens = False
 
     def _init_resource_faults(self) -> None:
         self.latency_s = 0.0
@@ -163,13 +181,28 @@ class SandboxState:
         *,
         scope: str = "read:data",
         auth_methods: Iterable[str] = DEFAULT_AUTH_METHODS,
+        jwks: Mapping[str, Any] | None = None,
+        tls_subject: str | None = None,
     ) -> None:
-        """Register (or replace) a client that may use the token endpoint."""
+        """Register (or replace) a client that may use the token endpoint.
+
+        A client that authenticates with a key or a certificate only may have
+        an empty `secret`: an empty secret never matches.
+        """
         methods = tuple(auth_methods)
-        check_auth_methods(methods)
-        client = SandboxClient(client_id, secret, scope, methods)
+        check_auth_methods(methods, CLIENT_AUTH_METHODS)
+        client = SandboxClient(client_id, secret, scope, methods, jwks, tls_subject)
         with self._lock:
             self._clients[client_id] = client
+
+    def use_jti(self, client_id: str, jti: str) -> bool:
+        """Note a client assertion's `jti`; False if it was seen before (replay)."""
+        with self._lock:
+            if (client_id, jti) in self._jtis:
+                return False
+            self._jtis.add((client_id, jti))
+
+        return True
 
     def client(self, client_id: str) -> SandboxClient | None:
         """Look a client up by id."""
