@@ -18,9 +18,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+LINTED := job tests migrations $(wildcard bench)
+
 lint: install
-	$(BIN)/ruff check job tests bench
-	$(BIN)/ruff format --check job tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -152,7 +152,7 @@ class TokenManager(AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         token = self.token()
         request.headers["Authorization"] = f"Bearer {token.value}"
-        request.register_hook("response", self._renew_on_401)
+        request.register_hook("response", self._renew_on_401)  # type: ignore[no-untyped-call]
 
         return request
 
@@ -228,7 +228,7 @@ class TokenManager(AuthBase):
         response.close()
         retry = response.request.copy()
         retry.headers["Authorization"] = f"Bearer {fresh.value}"
-        connection = response.connection  # type: ignore[attr-defined]
+        connection = response.connection
         second: requests.Response = connection.send(retry, **kwargs)
         second.history.append(response)
         second.request = retry

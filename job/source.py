@@ -253,7 +253,7 @@ class CursorValue:
 
     def text(self) -> str:
         if self.kind == "datetime":
-            return self.value.isoformat().replace("+00:00", "Z")
+            return str(self.value.isoformat()).replace("+00:00", "Z")
         return str(self.value)
 
 

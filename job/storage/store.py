@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -80,6 +80,7 @@ class Store:
         with self._begin() as connection:
             result = connection.execute(runs.insert().values(**values))
             (run_id,) = result.inserted_primary_key or (None,)
+        assert run_id is not None, "the database returned no id for the new run"
 
         return int(run_id)
 
@@ -326,7 +327,7 @@ class _Guard:
         except (OperationalError, DBAPIError) as exc:
             raise unreachable(self._engine, exc) from None
 
-    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> Literal[False]:
         try:
             self._context.__exit__(kind, value, traceback)
         except (OperationalError, DBAPIError) as exc:
