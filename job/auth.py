@@ -202,9 +202,10 @@ class TokenManager(AuthBase):
             return self._token
 
     def _leeway_s(self, token: Token) -> float:
-        if self.provider.leeway_s is not None:
-            return self.provider.leeway_s
-        return min(60.0, token.lifetime_s / 10)
+        if self.provider.leeway_s is None:
+            return min(60.0, token.lifetime_s / 10)
+        # A leeway as long as the lifetime would renew before every request.
+        return min(self.provider.leeway_s, token.lifetime_s / 2)
 
     # One 401 means the token may have been revoked or rotated: renew and resend
     # once. A second 401 with a fresh token means the grant itself is wrong.

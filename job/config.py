@@ -7,21 +7,23 @@ becomes a `ConfigError` that names the file, the key and what to write instead.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import zoneinfo
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -31,6 +33,7 @@ DEFAULT_CONFIG_PATH = "config.yaml"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LONGEST_S = 366 * 86400
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -47,13 +50,42 @@ def parse_duration(value: object) -> float:
                 f"expected a duration such as 30s, 15m or 1h, got {value!r}"
             )
         seconds = float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
-    if seconds < 0:
-        raise ValueError(f"a duration cannot be negative, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration must be a finite, positive time, got {value!r}")
+    if seconds > _LONGEST_S:
+        raise ValueError(
+            f"a duration of more than 366 days is not useful, got {value!r}"
+        )
 
     return seconds
 
 
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0, got {value!r}")
+    return seconds
+
+
+def _as_text(value: object) -> object:
+    # YAML reads `page_size: 500` as a number; a query parameter is text anyway.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got {value!r}")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Timeout = Annotated[float, BeforeValidator(_positive_duration)]
+Text = Annotated[str, BeforeValidator(_as_text)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 def _join_scope(value: object) -> object:
@@ -95,9 +127,9 @@ class ProviderSettings(_Model):
     """A token endpoint and the client credentials used at it."""
 
     name: str = ""
-    token_url: str
-    client_id: str
-    client_secret: SecretStr | None = None
+    token_url: HttpUrl
+    client_id: Text = Field(min_length=1)
+    client_secret: SecretStr | None = Field(default=None, min_length=1)
     client_secret_file: Path | None = None
     auth_method: Literal[
         "client_secret_basic",
@@ -108,15 +140,15 @@ class ProviderSettings(_Model):
     scope: Annotated[str | None, BeforeValidator(_join_scope)] = None
     audience: str | None = None
     resource: str | None = None
-    extra_params: dict[str, str] = Field(default_factory=dict)
+    extra_params: dict[str, Text] = Field(default_factory=dict)
     private_key_file: Path | None = None
     key_id: str | None = None
     assertion_audience: str | None = None
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
     ca_bundle: Path | None = None
-    connect_timeout_s: Duration = 5.0
-    read_timeout_s: Duration = 30.0
+    connect_timeout_s: Timeout = 5.0
+    read_timeout_s: Timeout = 30.0
     leeway_s: Duration | None = None
     default_lifetime_s: Duration = 3600.0
     retry: RetrySettings = RetrySettings()
@@ -134,6 +166,16 @@ class ProviderSettings(_Model):
             raise ValueError("auth_method private_key_jwt needs private_key_file")
         if self.auth_method == "tls_client_auth" and self.client_cert_file is None:
             raise ValueError("auth_method tls_client_auth needs client_cert_file")
+        for name in (
+            "client_secret_file",
+            "private_key_file",
+            "client_cert_file",
+            "client_key_file",
+            "ca_bundle",
+        ):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a readable file")
 
         return self
 
@@ -144,7 +186,9 @@ class ProviderSettings(_Model):
         if self.client_secret_file is None:
             raise ConfigError(f"provider {self.name!r} has no client secret")
         try:
-            return self.client_secret_file.read_text(encoding="utf-8").strip()
+            # Only the line end an editor adds; spaces may belong to the secret.
+            text = self.client_secret_file.read_text(encoding="utf-8")
+            return text.rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(
                 f"provider {self.name!r}: cannot read client_secret_file "
@@ -218,6 +262,17 @@ class ScheduleSettings(_Model):
             raise ValueError("give exactly one of every (such as 15m) or cron")
         if self.every is not None and self.every <= 0:
             raise ValueError("every must be more than 0")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(
+                f"cron {self.cron!r} needs five fields: minute hour day month weekday"
+            )
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone {self.timezone!r} is unknown; use an IANA name such as "
+                "UTC or Europe/Berlin"
+            ) from None
 
         return self
 
@@ -234,8 +289,8 @@ class SourceSettings(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     provider: str
-    url: str
-    params: dict[str, str] = Field(default_factory=dict)
+    url: HttpUrl
+    params: dict[str, Text] = Field(default_factory=dict)
     records: str | None = "items"
     primary_key: Annotated[tuple[str, ...] | None, BeforeValidator(_as_paths)] = None
     pagination: PaginationSettings = PaginationSettings()
@@ -244,17 +299,10 @@ class SourceSettings(_Model):
     retry: RetrySettings = RetrySettings()
     backfill: BackfillSettings = BackfillSettings()
     columns: dict[str, str] = Field(default_factory=dict)
-    connect_timeout_s: Duration = 5.0
-    read_timeout_s: Duration = 30.0
+    connect_timeout_s: Timeout = 5.0
+    read_timeout_s: Timeout = 30.0
     max_pages: int | None = Field(default=None, gt=0)
     allow_cross_origin: bool = False
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"url must start with http:// or https://, got {value!r}")
-        return value
 
 
 class Settings(_Model):
@@ -263,7 +311,7 @@ class Settings(_Model):
     path: str = DEFAULT_CONFIG_PATH
     database: DatabaseSettings = DatabaseSettings()
     providers: dict[str, ProviderSettings]
-    sources: tuple[SourceSettings, ...]
+    sources: tuple[SourceSettings, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _sources_resolve(self) -> Settings:
@@ -325,6 +373,10 @@ def load_settings(path: str, env: Mapping[str, str] | None = None) -> Settings:
 def _read_yaml(path: str) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", path=path
+        ) from None
     except FileNotFoundError:
         raise ConfigError(
             "file not found; pass --config PATH or set JOB_CONFIG "
@@ -334,7 +386,7 @@ def _read_yaml(path: str) -> Any:
     except OSError as exc:
         raise ConfigError(f"cannot read the file: {exc.strerror}", path=path) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -346,6 +398,21 @@ def _read_yaml(path: str) -> Any:
         )
 
     return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice, which YAML would let pass."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _substitute(
@@ -392,13 +459,13 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, 
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        where = ".".join(str(part) for part in error["loc"])
         if error["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key; check its spelling in the README")
         elif error["type"] == "missing":
             lines.append(f"{where}: required key is missing")
         else:
             message = error["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {message}")
+            lines.append(f"{where}: {message}" if where else message)
 
     return "; ".join(lines)

@@ -17,6 +17,7 @@ from requests.exceptions import ChunkedEncodingError
 
 from job.clock import Clock
 from job.errors import PermanentFetchError, TransientFetchError
+from job.logs import redact_value
 from job.retry import RetryPolicy
 from job.stats import current_stats
 
@@ -219,6 +220,9 @@ class HttpClient:
             message = f"{url} answered 403 Forbidden; the token lacks a scope or role"
         else:
             message = f"GET {url} answered {status}; this is not retried"
+        explanation = _explanation(response)
+        if explanation:
+            message += f". The API says: {explanation}"
         raise PermanentFetchError(message, url=url, status=status, attempt=attempt)
 
     def _schedule_retry(
@@ -254,3 +258,21 @@ def _root_cause(exc: BaseException) -> str:
     while exc.__context__ is not None and exc.__context__ is not exc:
         exc = exc.__context__
     return exc.__class__.__name__
+
+
+def _explanation(response: requests.Response) -> str | None:
+    """The API's own words on an error, short and redacted; None if it gave none."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(body, dict):
+        parts = [
+            str(body[name])
+            for name in ("error", "error_description", "message", "detail", "title")
+            if isinstance(body.get(name), str | int)
+        ]
+        if parts:
+            return str(redact_value(": ".join(parts)[:300]))
+
+    return None

@@ -38,9 +38,13 @@ _CREDENTIAL_PATTERNS = tuple(
         r"(?i)(?P<keep>authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic|dpop)\s+)"
         r"[^\s'\",}]+",
         r"(?i)(?P<keep>\b(?:bearer|basic)\s+)[A-Za-z0-9\-._~+/]{8,}=*",
-        # Form fields and JSON members that carry credentials.
-        r"(?i)(?P<keep>(?:access_token|refresh_token|client_secret|client_assertion"
-        r"|password)['\"]?\s*[:=]\s*['\"]?)[^\s&'\",}]+",
+        # Form fields (name=value) and quoted JSON or dict members that carry
+        # credentials. A bare "client_secret: text" is left alone: that is how
+        # configuration errors name the key, and their text is no credential.
+        r"(?i)(?P<keep>\b(?:access_token|refresh_token|client_secret|client_assertion"
+        r"|password)=)[^\s&'\",}]+",
+        r"(?i)(?P<keep>['\"](?:access_token|refresh_token|client_secret"
+        r"|client_assertion|password)['\"]\s*:\s*['\"]?)[^\s&'\",}]+",
         # Credentials written into a URL: scheme://user:password@host
         r"(?i)(?P<keep>\b[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+(?=@)",
     )

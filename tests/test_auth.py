@@ -142,12 +142,15 @@ class TestTokenReuseAndRenewal:
     def test_configured_leeway_wins(
         self, sandbox: SandboxServer, clock: FakeClock
     ) -> None:
-        """leeway_s overrides the default."""
-        manager = manager_for(sandbox, clock, leeway_s=200)
+        """leeway_s overrides the default of 30 s for 300 s tokens."""
+        manager = manager_for(sandbox, clock, leeway_s=100)
         first = manager.token()
 
-        clock.advance(101)
+        clock.advance(199)
+        kept = manager.token()
+        clock.advance(2)
 
+        assert kept is first
         assert manager.token() is not first
 
     def test_single_flight(self, sandbox: SandboxServer, clock: FakeClock) -> None:
@@ -267,3 +270,20 @@ class TestNoLeaks:
 
         assert SANDBOX_SECRET not in str((headers, form))
         assert headers["Authorization"] == "Basic ***"
+
+
+class TestLeewayBounds:
+    def test_a_leeway_longer_than_the_lifetime_is_halved(
+        self, sandbox: SandboxServer, clock: FakeClock
+    ) -> None:
+        """leeway_s of an hour on 300 s tokens still reuses a token for 150 s."""
+        manager = manager_for(sandbox, clock, leeway_s=3600)
+        first = manager.token()
+
+        clock.advance(149)
+        kept = manager.token()
+        clock.advance(2)
+
+        assert kept is first
+        assert manager.token() is not first
+        assert sandbox.state.token_requests == 2

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwk, jwt
+from pydantic import ValidationError
 
 from job.auth import TokenManager
 from job.client_auth import ASSERTION_TYPE
@@ -213,11 +214,9 @@ class TestPrivateKeyJwt:
     def test_an_unreadable_key_file_is_a_config_error(
         self, sandbox: SandboxServer, wall_clock: FakeClock, tmp_path: Path
     ) -> None:
-        """A missing file names the setting and the path."""
-        manager = jwt_manager(sandbox, wall_clock, tmp_path / "missing.pem")
-
-        with pytest.raises(ConfigError, match=r"private_key_file .*missing\.pem"):
-            manager.token()
+        """A missing file is refused with the settings, naming setting and path."""
+        with pytest.raises(ValidationError, match=r"private_key_file .*missing\.pem"):
+            jwt_manager(sandbox, wall_clock, tmp_path / "missing.pem")
 
         assert sandbox.state.token_requests == 0
 

@@ -165,3 +165,97 @@ class TestConfigPath:
         assert config_path("a.yaml", {"JOB_CONFIG": "b.yaml"}) == "a.yaml"
         assert config_path(None, {"JOB_CONFIG": "b.yaml"}) == "b.yaml"
         assert config_path(None, {}) == "config.yaml"
+
+
+class TestValuesRefusedAtLoad:
+    """Mistakes that would otherwise surface only at run time, or as a traceback."""
+
+    @pytest.mark.parametrize(
+        ("old", "new", "expected"),
+        [
+            ("every: 15m", "every: .inf", "finite"),
+            ("every: 15m", "every: 99999999999999w", "more than 366 days"),
+            ("every: 15m", "cron: '61 * *'", "five fields"),
+            ("every: 15m", "{every: 1m, timezone: Mars/Base}", "timezone 'Mars/Base'"),
+            (
+                "token_url: http://",
+                "token_url: 127.0.0.1:8765/x\n    x_: ",
+                "token_url: must start with http",
+            ),
+            ("scope:", "connect_timeout_s: 0\n    scope:", "must be more than 0"),
+        ],
+    )
+    def test_bad_values_name_the_key(
+        self, tmp_path: Path, old: str, new: str, expected: str
+    ) -> None:
+        """Each bad value is a ConfigError naming what is wrong."""
+        text = VALID.replace(old, new, 1)
+        if "{every" in new:
+            text = VALID.replace("schedule: {every: 15m}", f"schedule: {new}")
+
+        with pytest.raises(ConfigError, match=expected):
+            load_settings(write(tmp_path, text), ENV)
+
+    def test_no_sources_is_an_error(self, tmp_path: Path) -> None:
+        """An empty source list is refused rather than doing nothing."""
+        text = VALID[: VALID.index("sources:")] + "sources: []\n"
+
+        with pytest.raises(ConfigError, match="sources"):
+            load_settings(write(tmp_path, text), ENV)
+
+    def test_empty_secret_is_an_error(self, tmp_path: Path) -> None:
+        """An empty client_secret (an unset ${VAR:-}) is refused."""
+        with pytest.raises(ConfigError, match="client_secret"):
+            load_settings(write(tmp_path, VALID), {**ENV, "OAUTH_CLIENT_SECRET": ""})
+
+    def test_a_key_given_twice_is_an_error(self, tmp_path: Path) -> None:
+        """YAML would keep the last of two equal keys; we refuse both."""
+        path = write(tmp_path, VALID + "sources: []\n")
+
+        with pytest.raises(ConfigError, match="'sources' is given twice"):
+            load_settings(path, ENV)
+
+    def test_a_file_that_is_not_utf8_is_named(self, tmp_path: Path) -> None:
+        """Latin-1 bytes give an error that says to save as UTF-8."""
+        path = tmp_path / "config.yaml"
+        path.write_bytes(VALID.replace("items", "it\xe9ms").encode("latin-1"))
+
+        with pytest.raises(ConfigError, match="save the file as UTF-8"):
+            load_settings(str(path), ENV)
+
+    def test_numbers_in_params_become_text(self, tmp_path: Path) -> None:
+        """`page_size: 500` and a numeric client_id need no quotes."""
+        text = VALID.replace("records: items", "records: items\n    params: {n: 500}")
+        env = {**ENV, "OAUTH_CLIENT_ID": "12345"}
+        path = write(tmp_path, text.replace("${OAUTH_CLIENT_ID}", "12345"))
+
+        settings = load_settings(path, env)
+
+        assert settings.sources[0].params == {"n": "500"}
+        assert settings.providers["sandbox"].client_id == "12345"
+
+    def test_a_missing_secret_file_is_named_at_load(self, tmp_path: Path) -> None:
+        """client_secret_file that does not exist: exit-2 error naming it."""
+        text = VALID.replace(
+            "client_secret: ${OAUTH_CLIENT_SECRET}",
+            f"client_secret_file: {tmp_path / 'nope'}",
+        )
+
+        with pytest.raises(
+            ConfigError, match=r"client_secret_file .* is not a readable"
+        ):
+            load_settings(write(tmp_path, text), ENV)
+
+    def test_a_secret_file_keeps_spaces_but_not_the_line_end(
+        self, tmp_path: Path
+    ) -> None:
+        """Only the trailing newline is removed from a secret file."""
+        secret = tmp_path / "secret"
+        secret.write_text(" lead and trail \n")
+        text = VALID.replace(
+            "client_secret: ${OAUTH_CLIENT_SECRET}", f"client_secret_file: {secret}"
+        )
+
+        settings = load_settings(write(tmp_path, text), ENV)
+
+        assert settings.providers["sandbox"].secret() == " lead and trail "

@@ -129,6 +129,31 @@ class TestRetries:
         assert len(clock.sleeps) == 1
 
 
+class TestErrorMessages:
+    def test_a_client_error_quotes_the_apis_explanation(self, clock: FakeClock) -> None:
+        """A 400 with a JSON error body says what the API objected to."""
+        body = b'{"error": "invalid_request", "error_description": "page_size=0"}'
+        answer = (400, {"Content-Type": "application/json"}, body)
+        with (
+            listening(answers(answer)) as api,
+            pytest.raises(PermanentFetchError) as raised,
+        ):
+            client(clock).get(api.url + "/data")
+
+        assert "The API says: invalid_request: page_size=0" in str(raised.value)
+
+    def test_a_body_that_is_not_json_is_not_quoted(self, clock: FakeClock) -> None:
+        """An HTML error page is never copied into the message."""
+        answer = (404, {"Content-Type": "text/html"}, b"<html>secret stuff</html>")
+        with (
+            listening(answers(answer)) as api,
+            pytest.raises(PermanentFetchError) as raised,
+        ):
+            client(clock).get(api.url + "/data")
+
+        assert "html" not in str(raised.value).lower()
+
+
 class TestMasking:
     def test_credentials_in_urls_are_masked(self) -> None:
         """User info and secret-looking parameters are masked; the rest stays."""

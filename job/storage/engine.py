@@ -10,9 +10,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+)
 
 import job.migrations
 from job.errors import ConfigError, SchemaError, StorageError, TransientStorageError
@@ -29,11 +35,17 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
     """An engine for `url`: SQLite in WAL mode with a busy timeout, or PostgreSQL."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"database.url {redact_value(url)!r} is not a database URL; write "
             "sqlite:///job.db or postgresql://user@host/dbname"
         ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"database.url: {parsed.get_backend_name()} is not supported; job "
+            "stores into SQLite (sqlite:///job.db) or PostgreSQL "
+            "(postgresql://user@host/dbname)"
+        )
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     options: dict[str, Any] = {
@@ -53,6 +65,8 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
         ) from None
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine, busy_timeout_s)
+    else:
+        _tune_postgresql(engine, busy_timeout_s)
 
     return engine
 
@@ -66,6 +80,17 @@ def _tune_sqlite(engine: Engine, busy_timeout_s: float) -> None:
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+
+def _tune_postgresql(engine: Engine, busy_timeout_s: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        # Like SQLite's busy timeout: a lock held elsewhere fails the statement
+        # after a while (and the page is retried) instead of hanging the run.
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET lock_timeout = {int(busy_timeout_s * 1000)}")
+        cursor.close()
+        dbapi_connection.commit()
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -90,7 +115,7 @@ def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
-    except OperationalError as exc:
+    except DBAPIError as exc:
         raise unreachable(engine, exc) from None
 
 
@@ -110,8 +135,13 @@ def _migrate(engine: Engine, action: Any, revision: str) -> None:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             action(config, revision)
-    except OperationalError as exc:
+    except DBAPIError as exc:
         raise unreachable(engine, exc) from None
+    except CommandError as exc:
+        raise SchemaError(
+            f"cannot migrate {_where(engine)} to {revision}: {exc}; if the "
+            "database was migrated by a newer job, upgrade job instead"
+        ) from None
 
 
 def check_schema(engine: Engine) -> None:
@@ -120,15 +150,43 @@ def check_schema(engine: Engine) -> None:
     head = head_revision()
     if current == head:
         return
-    where = engine.url.render_as_string(hide_password=True)
+    where = _where(engine)
     if current is None:
         raise SchemaError(
             f"the database {where} has no job schema yet; run `job db upgrade`"
+        )
+    if current not in known_revisions():
+        raise SchemaError(
+            f"the database {where} is at schema revision {current}, which this "
+            f"job does not know (its newest is {head}): a newer job migrated it; "
+            "upgrade job"
         )
     raise SchemaError(
         f"the database {where} is at schema revision {current}, this job needs "
         f"{head}; run `job db upgrade`"
     )
+
+
+def known_revisions() -> set[str]:
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    return {revision.revision for revision in script.walk_revisions()}
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+# What a driver's message means for the user, when the usual advice is wrong.
+_NUL = (
+    "a record holds a NUL character (\\u0000), which PostgreSQL cannot store in "
+    "JSON; fix the data at the source or store this source in SQLite"
+)
+_ADVICE = (
+    ("readonly database", "the file or its folder is not writable; check permissions"),
+    ("file is not a database", "database.url points at a file that is not SQLite"),
+    ("cannot contain nul", _NUL),
+    ("unsupported unicode escape", _NUL),
+)
 
 
 def unreachable(engine: Engine, exc: Exception) -> StorageError:
@@ -151,6 +209,10 @@ def unreachable(engine: Engine, exc: Exception) -> StorageError:
             "server is up"
         )
 
+    for clue, advice in _ADVICE:
+        if clue in detail.lower():
+            return StorageError(f"database {where}: {detail}; {advice}")
+
     return StorageError(
         f"database {where} is not usable: {detail}; check "
         "database.url (or JOB_DATABASE_URL) and that the server is up"
@@ -158,9 +220,12 @@ def unreachable(engine: Engine, exc: Exception) -> StorageError:
 
 
 def is_locked(exc: Exception) -> bool:
-    """SQLite's SQLITE_BUSY / SQLITE_LOCKED, which go away when the lock does."""
+    """A lock held elsewhere (SQLite busy, PostgreSQL lock_timeout): it passes."""
     text = str(getattr(exc, "orig", exc)).lower()
-    return "database is locked" in text or "database table is locked" in text
+    return any(
+        clue in text
+        for clue in ("database is locked", "database table is locked", "lock timeout")
+    )
 
 
 def is_disconnect(engine: Engine, exc: Exception) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, select, text
@@ -10,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import StatementError
 
 from job.clock import FakeClock
+from job.errors import ConfigError, StorageError
 from job.source import content_hash
 from job.stats import RunStats
 from job.storage import engine as db
@@ -325,3 +327,58 @@ class TestStorageDetails:
         inserts = [s for s in statements if s.startswith("INSERT INTO records")]
         assert len(inserts) == 3
         assert all("ON CONFLICT" in s for s in inserts)
+
+
+class TestEngineErrors:
+    """Database mistakes are errors that say what to do, never tracebacks."""
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("postgresql://root@127.0.0.1:abc/x", "is not a database URL"),
+            ("not a url", "is not a database URL"),
+            ("mysql://root@127.0.0.1/db", "mysql is not supported"),
+        ],
+    )
+    def test_bad_urls_are_config_errors(self, url: str, expected: str) -> None:
+        """A malformed or unsupported URL names database.url."""
+        with pytest.raises(ConfigError, match=expected):
+            db.make_engine(url)
+
+    def test_a_file_that_is_not_sqlite_says_so(self, tmp_path: Path) -> None:
+        """Pointing at a text file is a StorageError naming the problem."""
+        path = tmp_path / "notes.txt"
+        path.write_text("hello, this is not a database" * 100)
+
+        with pytest.raises(StorageError, match="not SQLite"):
+            db.check_schema(db.make_engine(f"sqlite:///{path}"))
+
+    def test_a_schema_newer_than_the_code_says_upgrade_job(
+        self, database_url: str
+    ) -> None:
+        """An unknown revision is blamed on an older job, not on the database."""
+        engine = db.make_engine(database_url)
+        db.upgrade(engine)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+
+        with pytest.raises(db.SchemaError, match="newer job migrated it; upgrade job"):
+            db.check_schema(engine)
+        with pytest.raises(db.SchemaError, match="upgrade job instead"):
+            db.upgrade(engine)
+
+    def test_a_nul_character_is_explained_on_postgresql(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """SQLite keeps a NUL; PostgreSQL cannot, and the error says why."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        payload = {"id": 1, "name": "a\x00b"}
+        page = [Record("1", payload, content_hash(payload))]
+
+        if engine.dialect.name == "sqlite":
+            store.write_page(run, "items", page, RunStats())
+            assert next(store.iter_records("items"))["payload"] == payload
+            return
+        with pytest.raises(StorageError, match="NUL character"):
+            store.write_page(run, "items", page, RunStats())
