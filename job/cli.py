@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -20,12 +21,22 @@ from rich.console import Console
 from rich.table import Table
 
 from job import __version__
+from job.backfill import (
+    Backfill,
+    LogReporter,
+    Progress,
+    bounded_session,
+    rich_reporter,
+    split_windows,
+)
 from job.clock import SystemClock
-from job.config import Settings, config_path, load_settings
-from job.errors import JobError
+from job.config import Settings, SourceSettings, config_path, load_settings
+from job.errors import ConfigError, JobError
+from job.locks import SourceLocks, locks_for
 from job.logs import SECRETS, configure_logging, redact_value
-from job.pipeline import Pipeline
+from job.pipeline import Pipeline, RunResult
 from job.storage import engine as db
+from job.storage.history import Window
 from job.storage.store import Store
 
 log = structlog.get_logger("job.cli")
@@ -53,8 +64,10 @@ class Context:
             db.check_schema(engine)
         return Store(engine, self.clock)
 
-    def pipeline(self, stop: threading.Event | None = None) -> Pipeline:
-        session = requests.Session()
+    def pipeline(
+        self, stop: threading.Event | None = None, *, connections: int = 10
+    ) -> Pipeline:
+        session = bounded_session(requests.Session(), connections)
         session.headers["User-Agent"] = f"job/{__version__}"
         return Pipeline(
             self.settings,
@@ -117,10 +130,31 @@ def run(context: Context) -> None:
 
     stop = threading.Event()
     pipeline = context.pipeline(stop)
-    abandoned = pipeline.store.mark_abandoned()
-    if abandoned:
-        log.warning("runs.abandoned", count=abandoned)
+    locks = locks_for(pipeline.store.engine)
+    abandon_dead_runs(pipeline, locks, context.clock, context.settings.sources)
     Daemon(pipeline, context.settings.sources, context.clock).run_until_stopped()
+
+
+def abandon_dead_runs(
+    pipeline: Pipeline,
+    locks: SourceLocks,
+    clock: SystemClock,
+    sources: Iterable[SourceSettings],
+) -> None:
+    """Mark `abandoned` the runs left `running` of each source nobody holds now.
+
+    A run is only ever `running` under its source's lock, and a dead process
+    holds no lock; so a source whose lock we get has no live run, on any host.
+    """
+    from job.storage.history import abandon_runs
+
+    for source in sources:
+        with locks.exclusive(source.name, wait=False) as held:
+            if not held:
+                continue
+            count = abandon_runs(pipeline.store.engine, clock, source.name)
+        if count:
+            log.warning("runs.abandoned", source=source.name, count=count)
 
 
 @main.command()
@@ -132,7 +166,12 @@ def once(context: Context, source_name: str | None) -> None:
     names = [source_name] if source_name else [s.name for s in context.settings.sources]
     for name in names:
         context.settings.source(name)
-    results = [pipeline.pull(name, "once") for name in names]
+    locks = locks_for(pipeline.store.engine)
+    results = []
+    for name in names:
+        # Waits for a scheduled pull or a backfill of the same source to end.
+        with locks.exclusive(name, wait=True):
+            results.append(pipeline.pull(name, "once"))
     failed = [result for result in results if not result.succeeded]
     for result in failed:
         click.echo(
@@ -141,6 +180,165 @@ def once(context: Context, source_name: str | None) -> None:
         )
     if failed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--source", "source_name", required=True, help="The source to pull.")
+@click.option(
+    "--since", type=click.DateTime(), required=True, help="Start (UTC, inclusive)."
+)
+@click.option(
+    "--until", type=click.DateTime(), required=True, help="End (UTC, exclusive)."
+)
+@click.option("--window", default="1d", show_default=True, help="Window length.")
+@click.option(
+    "--parallel",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Windows pulled at once.",
+)
+@click.option("--redo", is_flag=True, help="Pull windows that already succeeded too.")
+@click.option("--dry-run", is_flag=True, help="Print the windows, pull nothing.")
+@pass_context
+def backfill(
+    context: Context,
+    source_name: str,
+    since: datetime,
+    until: datetime,
+    window: str,
+    parallel: int,
+    redo: bool,
+    dry_run: bool,
+) -> None:
+    """Pull a past range window by window; rerun it to resume."""
+    context.settings.source(source_name)
+    windows = split_windows(_utc(since), _utc(until), _window_step(window))
+    stop = threading.Event()
+    pipeline = context.pipeline(stop, connections=parallel)
+    locks = locks_for(pipeline.store.engine)
+    job = Backfill(pipeline, locks, source_name, parallel)
+    pending = job.pending(windows, redo=redo)
+    if dry_run:
+        for start, end in pending:
+            click.echo(f"{_iso(start)}  {_iso(end)}")
+        click.echo(
+            f"{len(pending)} windows to pull, {len(windows) - len(pending)} done",
+            err=True,
+        )
+        return
+    abandon_dead_runs(
+        pipeline, locks, context.clock, [context.settings.source(source_name)]
+    )
+    _stop_on_signals(stop)
+    results = _run_backfill(job, pending, context.clock)
+    if stop.is_set():
+        sys.exit(130)
+    if any(not result.succeeded for result in results):
+        sys.exit(1)
+
+
+def _run_backfill(
+    job: Backfill, pending: list[Window], clock: SystemClock
+) -> list[RunResult]:
+    if sys.stderr.isatty():
+        with rich_reporter(len(pending)) as report:
+            return job.run(pending, Progress(len(pending), clock, report))
+
+    return job.run(pending, Progress(len(pending), clock, LogReporter(clock)))
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def request_stop(signum: int, _: Any) -> None:
+        log.info("backfill.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def _utc(moment: datetime) -> datetime:
+    return (
+        moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _window_step(text: str) -> timedelta:
+    from job.config import parse_duration
+
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except ValueError as exc:
+        raise ConfigError(f"--window {text!r}: {exc}") from None
+
+
+@main.command()
+@click.option("--source", "source_name", required=True, help="The source to read.")
+@click.option(
+    "--since",
+    type=click.DateTime(),
+    help="Only records stored or changed at or after (UTC).",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+)
+@pass_context
+def records(
+    context: Context, source_name: str, since: datetime | None, output: str
+) -> None:
+    """Stream the stored records of a source to stdout, for other tools."""
+    from job.storage.history import stream_records
+
+    context.settings.source(source_name)
+    rows = stream_records(
+        context.store().engine, source_name, _utc(since) if since else None
+    )
+    write = _jsonl_writer() if output == "jsonl" else _csv_writer()
+    for row in rows:
+        write(row)
+
+
+def _jsonl_writer() -> Callable[[dict[str, Any]], None]:
+    import orjson
+
+    out = sys.stdout.buffer
+
+    def write(row: dict[str, Any]) -> None:
+        out.write(orjson.dumps(row["payload"]) + b"\n")
+
+    return write
+
+
+def _csv_writer() -> Callable[[dict[str, Any]], None]:
+    import csv
+
+    import orjson
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(
+        ["record_key", "first_seen_at", "last_seen_at", "run_id", "payload"]
+    )
+
+    def write(row: dict[str, Any]) -> None:
+        writer.writerow(
+            [
+                row["record_key"],
+                _iso(row["first_seen_at"]),
+                _iso(row["last_seen_at"]),
+                row["run_id"],
+                orjson.dumps(row["payload"]).decode(),
+            ]
+        )
+
+    return write
 
 
 @main.command()
@@ -164,8 +362,6 @@ def runs(
     as_json: bool,
 ) -> None:
     """Show recent runs, newest first."""
-    from datetime import UTC
-
     import orjson
 
     rows = context.store().recent_runs(
