@@ -32,7 +32,7 @@ from job.backfill import (
 from job.clock import SystemClock
 from job.config import Settings, SourceSettings, config_path, load_settings
 from job.errors import ConfigError, JobError
-from job.locks import SourceLocks, locks_for
+from job.locks import FileLocks, SourceLocks, locks_for
 from job.logs import SECRETS, configure_logging, redact_value
 from job.pipeline import Pipeline, RunResult
 from job.storage import engine as db
@@ -131,8 +131,15 @@ def run(context: Context) -> None:
     stop = threading.Event()
     pipeline = context.pipeline(stop)
     locks = locks_for(pipeline.store.engine)
+    # SQLite has one writer at a time: a second daemon would only contend.
+    held = locks.daemon_lock() if isinstance(locks, FileLocks) else None
     abandon_dead_runs(pipeline, locks, context.clock, context.settings.sources)
-    Daemon(pipeline, context.settings.sources, context.clock).run_until_stopped()
+    daemon = Daemon(pipeline, context.settings.sources, context.clock, locks=locks)
+    try:
+        daemon.run_until_stopped()
+    finally:
+        if held is not None:
+            held.close()
 
 
 def abandon_dead_runs(
