@@ -9,11 +9,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 import structlog
-from apscheduler.events import EVENT_JOB_MISSED, JobEvent
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -54,7 +54,7 @@ def _cron_trigger(expr: str, schedule: ScheduleSettings) -> CronTrigger:
         raise ValueError(f"expected 5 fields, got {len(fields)}")
     minute, hour, day, month, weekdays = fields
 
-    return CronTrigger(
+    return WallClockCronTrigger(
         minute=minute,
         hour=hour,
         day=day,
@@ -63,6 +63,35 @@ def _cron_trigger(expr: str, schedule: ScheduleSettings) -> CronTrigger:
         timezone=schedule.timezone,
         jitter=int(schedule.jitter) or None,
     )
+
+
+class WallClockCronTrigger(CronTrigger):
+    """A cron trigger that runs a fixed local time once when the clocks go back.
+
+    When summer time ends, 02:30 happens twice; APScheduler 3 fires at both.
+    Like cron, a job with a fixed hour runs once then, while a job on every
+    hour (`*` in the hour field) keeps running each real hour.
+    """
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        moment = super().get_next_fire_time(previous_fire_time, now)
+        if moment is None or previous_fire_time is None or self._every_hour():
+            return moment
+        if _wall(moment) == _wall(previous_fire_time.astimezone(moment.tzinfo)):
+            # In UTC: wall-clock arithmetic would land back before the fold.
+            later = moment.astimezone(UTC) + timedelta(microseconds=1)
+            return super().get_next_fire_time(moment, later)
+
+        return moment
+
+    def _every_hour(self) -> bool:
+        return any(f.name == "hour" and str(f) == "*" for f in self.fields)
+
+
+def _wall(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=None, fold=0)
 
 
 def crontab_weekdays(field: str) -> str:
@@ -104,6 +133,7 @@ class Daemon:
         self._runs_lock = threading.Lock()
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        self.scheduler.add_listener(self._on_busy, EVENT_JOB_MAX_INSTANCES)
 
     def start(self) -> None:
         """Add one job per source, the first due now, and start the scheduler."""
@@ -205,6 +235,13 @@ class Daemon:
             "run.missed",
             source=event.job_id,
             scheduled_for=str(getattr(event, "scheduled_run_time", "")),
+        )
+
+    def _on_busy(self, event: JobEvent) -> None:
+        log.warning(
+            "run.skipped",
+            source=event.job_id,
+            reason="the previous pull of this source is still running",
         )
 
     def _install_signal_handlers(self) -> None:
