@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import requests
@@ -38,6 +38,10 @@ from job.pipeline import Pipeline, RunResult
 from job.storage import engine as db
 from job.storage.history import Window
 from job.storage.store import Store
+
+if TYPE_CHECKING:
+    from job.health import HealthServer
+    from job.scheduler import Daemon
 
 log = structlog.get_logger("job.cli")
 
@@ -123,9 +127,21 @@ def main(
 
 
 @main.command()
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /healthz, /readyz and /metrics on this port (0: any free one).",
+)
+@click.option(
+    "--health-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the health port listens on (0.0.0.0 in a container).",
+)
 @pass_context
-def run(context: Context) -> None:
+def run(context: Context, health_port: int | None, health_host: str) -> None:
     """Run the daemon: pull every source on its schedule until SIGTERM."""
+    from job.health import Metrics
     from job.scheduler import Daemon
 
     stop = threading.Event()
@@ -134,12 +150,44 @@ def run(context: Context) -> None:
     # SQLite has one writer at a time: a second daemon would only contend.
     held = locks.daemon_lock() if isinstance(locks, FileLocks) else None
     abandon_dead_runs(pipeline, locks, context.clock, context.settings.sources)
-    daemon = Daemon(pipeline, context.settings.sources, context.clock, locks=locks)
+    metrics = Metrics()
+    daemon = Daemon(
+        pipeline, context.settings.sources, context.clock, locks=locks, metrics=metrics
+    )
+    health = None
+    if health_port is not None:
+        health = _health_server(daemon, health_host, health_port)
     try:
         daemon.run_until_stopped()
     finally:
+        if health is not None:
+            health.stop()
         if held is not None:
             held.close()
+
+
+def _health_server(daemon: Daemon, host: str, port: int) -> HealthServer:
+    from job.health import HealthServer, readiness
+
+    metrics = daemon.metrics
+    assert metrics is not None
+    metrics.watch_logs()
+    engine = daemon.pipeline.store.engine
+    try:
+        server = HealthServer(
+            host,
+            port,
+            is_alive=daemon.is_alive,
+            is_ready=lambda: readiness(engine),
+            metrics=metrics,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"--health-port {port} on {host}: {exc.strerror}; choose a free port"
+        ) from None
+    server.start()
+
+    return server
 
 
 def abandon_dead_runs(

@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from job.clock import Clock
 from job.config import ScheduleSettings, SourceSettings
 from job.errors import ConfigError
+from job.health import Metrics
 from job.locks import NoLocks, SourceLocks
 from job.pipeline import Pipeline, RunResult
 from job.storage.history import fail_run
@@ -122,11 +123,13 @@ class Daemon:
         clock: Clock,
         *,
         locks: SourceLocks | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pipeline = pipeline
         self._clock = clock
         self.sources = sources
         self.locks = locks or NoLocks()
+        self.metrics = metrics
         self.stopped = threading.Event()
         self.last_beat = clock.monotonic()
         self._runs: set[threading.Event] = set()
@@ -190,12 +193,16 @@ class Daemon:
         pipeline = copy.copy(self.pipeline)
         pipeline.stop = stop
         timer = threading.Timer(timeout_s, stop.set) if timeout_s else None
+        started = self._clock.monotonic()
         with self._running(stop), _started(timer):
             result = pipeline.pull(source_name, "schedule")
         # Stopped, yet not by the daemon: the deadline passed.
         timed_out = stop.is_set() and not self.pipeline.stop.is_set()
         if timed_out and not result.succeeded:
             result = self._timed_out(result, timeout_s or 0)
+        if self.metrics is not None:
+            duration_s = self._clock.monotonic() - started
+            self.metrics.observe(result, duration_s, self._clock.now().timestamp())
 
         return result
 
