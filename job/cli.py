@@ -143,6 +143,7 @@ def run(context: Context, health_port: int | None, health_host: str) -> None:
     """Run the daemon: pull every source on its schedule until SIGTERM."""
     from job.health import Metrics
     from job.scheduler import Daemon
+    from job.storage.views import sync_views
 
     stop = threading.Event()
     pipeline = context.pipeline(stop)
@@ -150,6 +151,7 @@ def run(context: Context, health_port: int | None, health_host: str) -> None:
     # SQLite has one writer at a time: a second daemon would only contend.
     held = locks.daemon_lock() if isinstance(locks, FileLocks) else None
     abandon_dead_runs(pipeline, locks, context.clock, context.settings.sources)
+    sync_views(pipeline.store.engine, context.settings.sources)
     metrics = Metrics()
     daemon = Daemon(
         pipeline, context.settings.sources, context.clock, locks=locks, metrics=metrics
@@ -512,9 +514,13 @@ main.add_command(db_group, name="db")
 @pass_context
 def upgrade(context: Context) -> None:
     """Apply the migrations up to the newest revision."""
+    from job.storage.views import sync_views
+
     store = context.store(check=False)
     db.upgrade(store.engine)
     click.echo(f"database is at revision {db.current_revision(store.engine)}")
+    for name in sync_views(store.engine, context.settings.sources):
+        click.echo(f"view {name} is up to date with columns:")
 
 
 @db_group.command()
