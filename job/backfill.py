@@ -12,6 +12,7 @@ from threading import Lock
 import requests
 import structlog
 from requests.adapters import HTTPAdapter
+from rich.console import Console
 
 from job.clock import Clock
 from job.errors import ConfigError
@@ -173,7 +174,9 @@ class Backfill:
 
 
 @contextmanager
-def rich_reporter(total: int) -> Iterator[Callable[[Progress], None]]:
+def rich_reporter(
+    total: int, console: Console | None = None
+) -> Iterator[Callable[[Progress], None]]:
     """A progress bar on the terminal: windows done, records, rate and ETA."""
     from rich.progress import (
         BarColumn,
@@ -189,6 +192,7 @@ def rich_reporter(total: int) -> Iterator[Callable[[Progress], None]]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[records]} records, {task.fields[rate]}/s"),
         TimeRemainingColumn(),
+        console=console,
     ) as bar:
         task = bar.add_task("windows", total=total, records=0, rate="0")
 

@@ -24,6 +24,7 @@ from prometheus_client import (
 )
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from structlog.typing import EventDict, WrappedLogger
 
 from job.errors import JobError
 from job.pipeline import RunResult
@@ -94,7 +95,9 @@ class Metrics:
         if result.succeeded:
             self.last_success.labels(source).set(finished_at)
 
-    def count_token_failures(self, _: Any, __: str, event: dict[str, Any]) -> Any:
+    def count_token_failures(
+        self, _: WrappedLogger, __: str, event: EventDict
+    ) -> EventDict:
         """A structlog processor: count `token.failed` events, pass every event on."""
         if event.get("event") == "token.failed":
             self.token_failures.labels(str(event.get("provider", ""))).inc()

@@ -81,7 +81,8 @@ class AdvisoryLocks:
                 text(f"SELECT {function}({_KEY})"), {"name": name}
             )
             value = result.scalar()
-            held = value is None or bool(value)
+            # Only the try_ functions answer; the others return once held.
+            held = bool(value) if function.startswith("pg_try_") else True
             connection.commit()
             try:
                 yield held

@@ -66,7 +66,7 @@ def _cron_trigger(expr: str, schedule: ScheduleSettings) -> CronTrigger:
     )
 
 
-class WallClockCronTrigger(CronTrigger):
+class WallClockCronTrigger(CronTrigger):  # type: ignore[misc]  # no stubs
     """A cron trigger that runs a fixed local time once when the clocks go back.
 
     When summer time ends, 02:30 happens twice; APScheduler 3 fires at both.
@@ -77,13 +77,13 @@ class WallClockCronTrigger(CronTrigger):
     def get_next_fire_time(
         self, previous_fire_time: datetime | None, now: datetime
     ) -> datetime | None:
-        moment = super().get_next_fire_time(previous_fire_time, now)
+        moment: datetime | None = super().get_next_fire_time(previous_fire_time, now)
         if moment is None or previous_fire_time is None or self._every_hour():
             return moment
         if _wall(moment) == _wall(previous_fire_time.astimezone(moment.tzinfo)):
             # In UTC: wall-clock arithmetic would land back before the fold.
             later = moment.astimezone(UTC) + timedelta(microseconds=1)
-            return super().get_next_fire_time(moment, later)
+            moment = super().get_next_fire_time(moment, later)
 
         return moment
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from rich.console import Console
 from sqlalchemy.engine import Engine
 
-from job.backfill import Backfill, LogReporter, Progress, split_windows
+from job.backfill import (
+    Backfill,
+    LogReporter,
+    Progress,
+    rich_reporter,
+    split_windows,
+)
 from job.clock import FakeClock
 from job.errors import ConfigError
 from job.locks import locks_for
@@ -193,3 +201,19 @@ class TestProgress:
 
 def _result(records: int) -> RunResult:
     return RunResult(1, "items", "succeeded", RunStats(records_seen=records))
+
+
+class TestRichReporter:
+    def test_the_bar_shows_windows_and_records(self, clock: FakeClock) -> None:
+        """On a terminal: windows done of total, and the records so far."""
+        out = io.StringIO()
+        console = Console(file=out, force_terminal=True, width=120)
+
+        with rich_reporter(2, console) as report:
+            progress = Progress(2, clock, report)
+            progress.window_finished(_result(records=30))
+            clock.advance(1)
+            progress.window_finished(_result(records=30))
+
+        assert "2/2" in out.getvalue()
+        assert "60 records" in out.getvalue()
