@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from job.clock import SystemClock
 from job.sandbox import SandboxServer
@@ -19,14 +18,32 @@ from tests.processes import Job
 
 RANGE = ["--since", "2024-01-01T00:00:00", "--until", "2024-01-01T00:04:00"]
 
+JOB = [sys.executable, "-m", "job", "--log-format", "json"]
 
-def store_in(folder: Path) -> Store:
-    return Store(make_engine(f"sqlite:///{folder / 'job.db'}"), SystemClock())
+
+def ready(job: Job, sandbox: SandboxServer) -> Store:
+    """A configured, migrated SQLite database in the job's folder."""
+    job.write_config(sandbox)
+    job("db", "upgrade")
+
+    return Store(make_engine(f"sqlite:///{job.folder / 'job.db'}"), SystemClock())
 
 
 def backfill_runs(store: Store) -> list[dict]:
     runs = store.recent_runs(limit=1000)
     return [run for run in runs if run["trigger"] == "backfill"]
+
+
+def start_backfill(job: Job, *, capture: bool = False) -> subprocess.Popen[str]:
+    """`job backfill` of RANGE in 30 s windows, as a background process."""
+    return subprocess.Popen(
+        [*JOB, "backfill", "--source", "items", *RANGE, "--window", "30s"],
+        cwd=job.folder,
+        env=job.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def wait_for_succeeded(store: Store, count: int, timeout_s: float) -> None:
@@ -58,32 +75,12 @@ class TestBackfillCommand:
         assert sandbox.state.token_requests == 0
 
     def test_killed_then_rerun_pulls_only_the_missing_windows(
-        self, job: Job, sandbox: SandboxServer, tmp_path: Path
+        self, job: Job, sandbox: SandboxServer
     ) -> None:
         """kill -9 mid-backfill; the rerun redoes only what had not succeeded."""
-        job.write_config(sandbox)
-        job("db", "upgrade")
-        store = store_in(tmp_path)
+        store = ready(job, sandbox)
         sandbox.state.latency_s = 0.3
-        first = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "job",
-                "--log-format",
-                "json",
-                "backfill",
-                "--source",
-                "items",
-                *RANGE,
-                "--window",
-                "30s",
-            ],
-            cwd=tmp_path,
-            env=job.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        first = start_backfill(job)
         try:
             wait_for_succeeded(store, 3, timeout_s=30)
         finally:
@@ -110,32 +107,12 @@ class TestBackfillCommand:
         assert ids == list(range(1, 240))
 
     def test_sigterm_stops_after_the_current_windows(
-        self, job: Job, sandbox: SandboxServer, tmp_path: Path
+        self, job: Job, sandbox: SandboxServer
     ) -> None:
         """SIGTERM: exit 130, nothing left running, the rest left for later."""
-        job.write_config(sandbox)
-        job("db", "upgrade")
-        store = store_in(tmp_path)
+        store = ready(job, sandbox)
         sandbox.state.latency_s = 0.3
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "job",
-                "--log-format",
-                "json",
-                "backfill",
-                "--source",
-                "items",
-                *RANGE,
-                "--window",
-                "30s",
-            ],
-            cwd=tmp_path,
-            env=job.env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        process = start_backfill(job, capture=True)
         try:
             wait_for_succeeded(store, 1, timeout_s=30)
             process.send_signal(signal.SIGTERM)

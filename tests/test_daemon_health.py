@@ -23,6 +23,8 @@ from job.stats import RunStats
 from job.storage.engine import make_engine
 from tests.processes import Job
 
+JOB = [sys.executable, "-m", "job", "--log-format", "json"]
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -37,6 +39,18 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def start_daemon(job: Job, port: int) -> subprocess.Popen[str]:
+    """`job run --health-port PORT` in the background, its log on a pipe."""
+    return subprocess.Popen(
+        [*JOB, "run", "--health-port", str(port)],
+        cwd=job.folder,
+        env=job.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def eventually(check: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
@@ -63,23 +77,7 @@ class TestHealthOfARealDaemon:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         sandbox.state.token_503_count = 4
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "job",
-                "--log-format",
-                "json",
-                "run",
-                "--health-port",
-                str(port),
-            ],
-            cwd=job.folder,
-            env=job.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        daemon = start_daemon(job, port)
         try:
             eventually(lambda: requests.get(f"{base}/healthz", timeout=2).ok, "healthz")
             ready = requests.get(f"{base}/readyz", timeout=2)
@@ -117,23 +115,7 @@ class TestHealthOfARealDaemon:
         job.write_config(sandbox)
         job("db", "upgrade")
         port = free_port()
-        daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "job",
-                "--log-format",
-                "json",
-                "run",
-                "--health-port",
-                str(port),
-            ],
-            cwd=job.folder,
-            env=job.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        daemon = start_daemon(job, port)
         try:
             eventually(
                 lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok,

@@ -37,6 +37,9 @@ class Replica:
                 stderr=log,
             )
 
+    def has_logged(self, name: str) -> bool:
+        return any(event["event"] == name for event in self.events())
+
     def events(self) -> list[dict[str, Any]]:
         text = self.log_path.read_text()
         self.job.watch.output(f"replica {self.log_path.name}", text)
@@ -71,6 +74,15 @@ def replicas(job: Job) -> Iterator[Callable[[str], Replica]]:
             replica.kill()
 
 
+@pytest.fixture
+def shared_store(job: Job, sandbox: SandboxServer, database_url: str) -> Store:
+    """The replicas' database, configured and migrated, read from the test."""
+    job.write_config(sandbox, database_url=database_url)
+    assert job("db", "upgrade").returncode == 0
+
+    return Store(make_engine(database_url), SystemClock())
+
+
 def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -89,15 +101,12 @@ class TestPostgresReplicas:
     @on_postgres
     def test_three_replicas_never_pull_a_source_at_once(
         self,
-        job: Job,
         sandbox: SandboxServer,
-        database_url: str,
+        shared_store: Store,
         replicas: Callable[[str], Replica],
     ) -> None:
         """Each tick one replica pulls; the others log run.skipped; no overlap."""
-        job.write_config(sandbox, database_url=database_url)
-        assert job("db", "upgrade").returncode == 0
-        store = Store(make_engine(database_url), SystemClock())
+        store = shared_store
         sandbox.state.latency_s = 0.1
         started = [replicas(f"r{n}") for n in range(3)]
 
@@ -121,15 +130,12 @@ class TestPostgresReplicas:
     @on_postgres
     def test_a_killed_replica_frees_the_source_for_another(
         self,
-        job: Job,
         sandbox: SandboxServer,
-        database_url: str,
+        shared_store: Store,
         replicas: Callable[[str], Replica],
     ) -> None:
         """kill -9 mid-run: the next replica marks it abandoned and pulls."""
-        job.write_config(sandbox, database_url=database_url)
-        job("db", "upgrade")
-        store = Store(make_engine(database_url), SystemClock())
+        store = shared_store
         sandbox.state.latency_s = 1.0
         first = replicas("first")
         crashed = wait_until(lambda: running(store), "a running pull")
@@ -142,28 +148,24 @@ class TestPostgresReplicas:
 
         status = {run["id"]: run["status"] for run in runs_of(store)}
         assert status[crashed["id"]] == "abandoned"
-        assert any(e["event"] == "runs.abandoned" for e in second.events())
+        assert second.has_logged("runs.abandoned")
 
     @on_postgres
     def test_a_starting_replica_leaves_a_live_run_alone(
         self,
-        job: Job,
         sandbox: SandboxServer,
-        database_url: str,
+        shared_store: Store,
         replicas: Callable[[str], Replica],
     ) -> None:
         """A run another live replica holds is not marked abandoned."""
-        job.write_config(sandbox, database_url=database_url)
-        job("db", "upgrade")
-        store = Store(make_engine(database_url), SystemClock())
+        store = shared_store
         sandbox.state.latency_s = 0.5
         first = replicas("first")
         live = wait_until(lambda: running(store), "a running pull")
 
         second = replicas("second")
         wait_until(
-            lambda: any(e["event"] == "daemon.started" for e in second.events()),
-            "the second replica's start",
+            lambda: second.has_logged("daemon.started"), "the second replica's start"
         )
         status_while_live = status_of(store, live["id"])
         sandbox.state.latency_s = 0.0
@@ -179,13 +181,7 @@ class TestSqliteSingleDaemon:
         self, job: Job, sandbox: SandboxServer, replicas: Callable[[str], Replica]
     ) -> None:
         """The second `job run` exits 1 and says another daemon holds the file."""
-        job.write_config(sandbox)
-        job("db", "upgrade")
-        first = replicas("first")
-        wait_until(
-            lambda: any(e["event"] == "daemon.started" for e in first.events()),
-            "the first daemon's start",
-        )
+        first = start_on_sqlite(job, sandbox, replicas)
 
         second = job("run")
 
@@ -199,22 +195,27 @@ class TestSqliteSingleDaemon:
         self, job: Job, sandbox: SandboxServer, replicas: Callable[[str], Replica]
     ) -> None:
         """The lock dies with its process: kill -9, and a new daemon starts."""
-        job.write_config(sandbox)
-        job("db", "upgrade")
-        first = replicas("first")
-        wait_until(
-            lambda: any(e["event"] == "daemon.started" for e in first.events()),
-            "the first daemon's start",
-        )
+        first = start_on_sqlite(job, sandbox, replicas)
         first.kill()
 
         second = replicas("second")
         wait_until(
-            lambda: any(e["event"] == "run.finished" for e in second.events()),
-            "a pull by the second daemon",
+            lambda: second.has_logged("run.finished"), "a pull by the second daemon"
         )
 
         assert second.stop() == 0
+
+
+def start_on_sqlite(
+    job: Job, sandbox: SandboxServer, replicas: Callable[[str], Replica]
+) -> Replica:
+    """A daemon on a fresh SQLite file, once it has started."""
+    job.write_config(sandbox)
+    job("db", "upgrade")
+    first = replicas("first")
+    wait_until(lambda: first.has_logged("daemon.started"), "the first daemon's start")
+
+    return first
 
 
 def finished(store: Store) -> list[dict[str, Any]]:
