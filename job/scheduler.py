@@ -131,7 +131,6 @@ class Daemon:
         self.locks = locks or NoLocks()
         self.metrics = metrics
         self.stopped = threading.Event()
-        self.last_beat = clock.monotonic()
         self._runs: set[threading.Event] = set()
         self._runs_lock = threading.Lock()
         self.scheduler = BackgroundScheduler(timezone=UTC)
@@ -160,11 +159,11 @@ class Daemon:
         self._install_signal_handlers()
         self.start()
         while not self.stopped.wait(timeout=1.0):
-            self.last_beat = self._clock.monotonic()
+            pass
         self.shutdown()
 
     def is_alive(self) -> bool:
-        """The scheduler thread runs and the main loop ticked lately."""
+        """The scheduler runs and no stop was asked for."""
         return bool(self.scheduler.running) and not self.stopped.is_set()
 
     def shutdown(self) -> None:

@@ -207,3 +207,69 @@ class TestRecordsCommand:
 
         assert result.returncode == 2
         assert "known: items" in result.stderr
+
+
+class TestBesideTheDaemon:
+    def test_backfill_and_scheduled_pulls_never_write_at_once(
+        self, job: Job, sandbox: SandboxServer
+    ) -> None:
+        """Daemon and backfill on one source: no overlap, the watermark intact."""
+        store = ready(job, sandbox)
+        with open(job.folder / "config.yaml", "a") as config:
+            config.write("    incremental: {cursor: updated_at, param: since}\n")
+        sandbox.state.latency_s = 0.1
+        daemon = subprocess.Popen(
+            [*JOB, "run"],
+            cwd=job.folder,
+            env=job.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for_runs(store, "schedule", 1)
+            backfill = job(
+                "backfill",
+                "--source",
+                "items",
+                *RANGE,
+                "--window",
+                "30s",
+                "--parallel",
+                "2",
+            )
+            wait_for_runs(store, "schedule", 2)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=30)
+        job.watch.output("daemon stderr", err)
+
+        assert backfill.returncode == 0, backfill.stderr
+        runs = store.recent_runs(limit=1000)
+        pulls = [r for r in runs if r["trigger"] == "schedule"]
+        windows = [r for r in runs if r["trigger"] == "backfill"]
+        assert len(windows) == 8
+        for pull in pulls:
+            for window in windows:
+                assert (
+                    pull["finished_at"] <= window["started_at"]
+                    or window["finished_at"] <= pull["started_at"]
+                ), "a scheduled pull overlapped a backfill window"
+        newest = max(item["updated_at"] for item in sandbox.state.all_records())
+        watermark = store.watermark("items")
+        assert watermark is not None
+        assert watermark.value.replace("+00:00", "Z") == newest
+
+
+def wait_for_runs(store: Store, trigger: str, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done = [
+            r
+            for r in store.recent_runs(limit=1000)
+            if r["trigger"] == trigger and r["status"] == "succeeded"
+        ]
+        if len(done) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} {trigger} runs succeeded in 30s")
