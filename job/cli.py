@@ -359,8 +359,13 @@ def records(
         context.store().engine, source_name, _utc(since) if since else None
     )
     write = _jsonl_writer() if output == "jsonl" else _csv_writer()
-    for row in rows:
-        write(row)
+    try:
+        for row in rows:
+            write(row)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `job records ... | head`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _jsonl_writer() -> Callable[[dict[str, Any]], None]:
@@ -520,7 +525,7 @@ def upgrade(context: Context) -> None:
     db.upgrade(store.engine)
     click.echo(f"database is at revision {db.current_revision(store.engine)}")
     for name in sync_views(store.engine, context.settings.sources):
-        click.echo(f"view {name} is up to date with columns:")
+        click.echo(f"view {name} matches the columns: in the configuration")
 
 
 @db_group.command()

@@ -273,3 +273,29 @@ def wait_for_runs(store: Store, trigger: str, count: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} {trigger} runs succeeded in 30s")
+
+
+class TestRecordsInAPipe:
+    def test_a_reader_that_stops_early_is_no_error(
+        self, job: Job, sandbox: SandboxServer
+    ) -> None:
+        """`job records | head`: exit 0 and no traceback when the reader goes."""
+        ready(job, sandbox)
+        job("once")
+
+        reader = subprocess.Popen(
+            [*JOB, "records", "--source", "items"],
+            cwd=job.folder,
+            env=job.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Closed before the child writes anything: its first write finds no reader.
+        assert reader.stdout is not None
+        reader.stdout.close()
+        _, err = reader.communicate(timeout=60)
+        job.watch.output("records stderr", err)
+
+        assert reader.returncode == 0, err
+        assert "Traceback" not in err

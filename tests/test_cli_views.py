@@ -30,7 +30,7 @@ class TestViewsCommand:
         updated = job("db", "upgrade")
 
         assert created.returncode == 0, created.stderr
-        assert "view items_records is up to date" in created.stdout
+        assert "view items_records matches the columns:" in created.stdout
         assert updated.returncode == 0, updated.stderr
         engine = make_engine(f"sqlite:///{job.folder / 'job.db'}")
         columns = [c["name"] for c in inspect(engine).get_columns("items_records")]
