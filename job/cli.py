@@ -29,7 +29,7 @@ from job.backfill import (
     rich_reporter,
     split_windows,
 )
-from job.clock import SystemClock
+from job.clock import Clock, SystemClock
 from job.config import Settings, SourceSettings, config_path, load_settings
 from job.errors import ConfigError, JobError
 from job.locks import FileLocks, SourceLocks, locks_for
@@ -195,7 +195,7 @@ def _health_server(daemon: Daemon, host: str, port: int) -> HealthServer:
 def abandon_dead_runs(
     pipeline: Pipeline,
     locks: SourceLocks,
-    clock: SystemClock,
+    clock: Clock,
     sources: Iterable[SourceSettings],
 ) -> None:
     """Mark `abandoned` the runs left `running` of each source nobody holds now.
@@ -296,7 +296,7 @@ def backfill(
 
 
 def _run_backfill(
-    job: Backfill, pending: list[Window], clock: SystemClock
+    job: Backfill, pending: list[Window], clock: Clock
 ) -> list[RunResult]:
     if sys.stderr.isatty():
         with rich_reporter(len(pending)) as report:
@@ -352,55 +352,22 @@ def records(
     context: Context, source_name: str, since: datetime | None, output: str
 ) -> None:
     """Stream the stored records of a source to stdout, for other tools."""
+    from job.export import write_csv, write_jsonl
     from job.storage.history import stream_records
 
     context.settings.source(source_name)
     rows = stream_records(
         context.store().engine, source_name, _utc(since) if since else None
     )
-    write = _jsonl_writer() if output == "jsonl" else _csv_writer()
     try:
-        for row in rows:
-            write(row)
+        if output == "jsonl":
+            write_jsonl(rows, sys.stdout.buffer)
+        else:
+            write_csv(rows, sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
         # `job records ... | head`: the reader has what it wanted.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def _jsonl_writer() -> Callable[[dict[str, Any]], None]:
-    import orjson
-
-    out = sys.stdout.buffer
-
-    def write(row: dict[str, Any]) -> None:
-        out.write(orjson.dumps(row["payload"]) + b"\n")
-
-    return write
-
-
-def _csv_writer() -> Callable[[dict[str, Any]], None]:
-    import csv
-
-    import orjson
-
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(
-        ["record_key", "first_seen_at", "last_seen_at", "run_id", "payload"]
-    )
-
-    def write(row: dict[str, Any]) -> None:
-        writer.writerow(
-            [
-                row["record_key"],
-                _iso(row["first_seen_at"]),
-                _iso(row["last_seen_at"]),
-                row["run_id"],
-                orjson.dumps(row["payload"]).decode(),
-            ]
-        )
-
-    return write
 
 
 @main.command()
