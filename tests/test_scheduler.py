@@ -8,6 +8,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
 from sqlalchemy.engine import Engine
 
 from job.clock import FakeClock, SystemClock
@@ -210,6 +211,18 @@ class TestDaemon:
         assert skipped[0]["source"] == "items"
         assert "backfill" in skipped[0]["reason"]
         assert daemon.pipeline.store.recent_runs() == []
+
+    def test_a_pull_due_while_the_last_still_runs_is_logged(
+        self, sandbox: SandboxServer, engine: Engine, captured: list[Any]
+    ) -> None:
+        """APScheduler's max-instances event becomes run.skipped, never silence."""
+        daemon = daemon_for(sandbox, engine, FakeClock())
+
+        daemon._on_busy(JobEvent(EVENT_JOB_MAX_INSTANCES, "items", "default"))
+
+        (skipped,) = [e for e in captured if e["event"] == "run.skipped"]
+        assert skipped["source"] == "items"
+        assert "still running" in skipped["reason"]
 
     def test_a_run_past_its_timeout_fails_and_frees_the_source(
         self, sandbox: SandboxServer, engine: Engine, captured: list[Any]
