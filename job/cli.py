@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import click
 import requests
@@ -20,13 +21,27 @@ from rich.console import Console
 from rich.table import Table
 
 from job import __version__
-from job.clock import SystemClock
-from job.config import Settings, config_path, load_settings
-from job.errors import JobError
+from job.backfill import (
+    Backfill,
+    LogReporter,
+    Progress,
+    bounded_session,
+    rich_reporter,
+    split_windows,
+)
+from job.clock import Clock, SystemClock
+from job.config import Settings, SourceSettings, config_path, load_settings
+from job.errors import ConfigError, JobError
+from job.locks import FileLocks, SourceLocks, locks_for
 from job.logs import SECRETS, configure_logging, redact_value
-from job.pipeline import Pipeline
+from job.pipeline import Pipeline, RunResult
 from job.storage import engine as db
+from job.storage.history import Window
 from job.storage.store import Store
+
+if TYPE_CHECKING:
+    from job.health import HealthServer
+    from job.scheduler import Daemon
 
 log = structlog.get_logger("job.cli")
 
@@ -53,8 +68,10 @@ class Context:
             db.check_schema(engine)
         return Store(engine, self.clock)
 
-    def pipeline(self, stop: threading.Event | None = None) -> Pipeline:
-        session = requests.Session()
+    def pipeline(
+        self, stop: threading.Event | None = None, *, connections: int = 10
+    ) -> Pipeline:
+        session = bounded_session(requests.Session(), connections)
         session.headers["User-Agent"] = f"job/{__version__}"
         return Pipeline(
             self.settings,
@@ -110,17 +127,91 @@ def main(
 
 
 @main.command()
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /healthz, /readyz and /metrics on this port (0: any free one).",
+)
+@click.option(
+    "--health-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the health port listens on (0.0.0.0 in a container).",
+)
 @pass_context
-def run(context: Context) -> None:
+def run(context: Context, health_port: int | None, health_host: str) -> None:
     """Run the daemon: pull every source on its schedule until SIGTERM."""
+    from job.health import Metrics
     from job.scheduler import Daemon
+    from job.storage.views import sync_views
 
     stop = threading.Event()
     pipeline = context.pipeline(stop)
-    abandoned = pipeline.store.mark_abandoned()
-    if abandoned:
-        log.warning("runs.abandoned", count=abandoned)
-    Daemon(pipeline, context.settings.sources, context.clock).run_until_stopped()
+    locks = locks_for(pipeline.store.engine)
+    # SQLite has one writer at a time: a second daemon would only contend.
+    held = locks.daemon_lock() if isinstance(locks, FileLocks) else None
+    abandon_dead_runs(pipeline, locks, context.clock, context.settings.sources)
+    sync_views(pipeline.store.engine, context.settings.sources)
+    metrics = Metrics()
+    daemon = Daemon(
+        pipeline, context.settings.sources, context.clock, locks=locks, metrics=metrics
+    )
+    health = None
+    if health_port is not None:
+        health = _health_server(daemon, health_host, health_port)
+    try:
+        daemon.run_until_stopped()
+    finally:
+        if health is not None:
+            health.stop()
+        if held is not None:
+            held.close()
+
+
+def _health_server(daemon: Daemon, host: str, port: int) -> HealthServer:
+    from job.health import HealthServer, readiness
+
+    metrics = daemon.metrics
+    assert metrics is not None
+    metrics.watch_logs()
+    engine = daemon.pipeline.store.engine
+    try:
+        server = HealthServer(
+            host,
+            port,
+            is_alive=daemon.is_alive,
+            is_ready=lambda: readiness(engine),
+            metrics=metrics,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"--health-port {port} on {host}: {exc.strerror}; choose a free port"
+        ) from None
+    server.start()
+
+    return server
+
+
+def abandon_dead_runs(
+    pipeline: Pipeline,
+    locks: SourceLocks,
+    clock: Clock,
+    sources: Iterable[SourceSettings],
+) -> None:
+    """Mark `abandoned` the runs left `running` of each source nobody holds now.
+
+    A run is only ever `running` under its source's lock, and a dead process
+    holds no lock; so a source whose lock we get has no live run, on any host.
+    """
+    from job.storage.history import abandon_runs
+
+    for source in sources:
+        with locks.exclusive(source.name, wait=False) as held:
+            if not held:
+                continue
+            count = abandon_runs(pipeline.store.engine, clock, source.name)
+        if count:
+            log.warning("runs.abandoned", source=source.name, count=count)
 
 
 @main.command()
@@ -132,7 +223,12 @@ def once(context: Context, source_name: str | None) -> None:
     names = [source_name] if source_name else [s.name for s in context.settings.sources]
     for name in names:
         context.settings.source(name)
-    results = [pipeline.pull(name, "once") for name in names]
+    locks = locks_for(pipeline.store.engine)
+    results = []
+    for name in names:
+        # Waits for a scheduled pull or a backfill of the same source to end.
+        with locks.exclusive(name, wait=True):
+            results.append(pipeline.pull(name, "once"))
     failed = [result for result in results if not result.succeeded]
     for result in failed:
         click.echo(
@@ -141,6 +237,137 @@ def once(context: Context, source_name: str | None) -> None:
         )
     if failed:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--source", "source_name", required=True, help="The source to pull.")
+@click.option(
+    "--since", type=click.DateTime(), required=True, help="Start (UTC, inclusive)."
+)
+@click.option(
+    "--until", type=click.DateTime(), required=True, help="End (UTC, exclusive)."
+)
+@click.option("--window", default="1d", show_default=True, help="Window length.")
+@click.option(
+    "--parallel",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Windows pulled at once.",
+)
+@click.option("--redo", is_flag=True, help="Pull windows that already succeeded too.")
+@click.option("--dry-run", is_flag=True, help="Print the windows, pull nothing.")
+@pass_context
+def backfill(
+    context: Context,
+    source_name: str,
+    since: datetime,
+    until: datetime,
+    window: str,
+    parallel: int,
+    redo: bool,
+    dry_run: bool,
+) -> None:
+    """Pull a past range window by window; rerun it to resume."""
+    context.settings.source(source_name)
+    windows = split_windows(_utc(since), _utc(until), _window_step(window))
+    stop = threading.Event()
+    pipeline = context.pipeline(stop, connections=parallel)
+    locks = locks_for(pipeline.store.engine)
+    job = Backfill(pipeline, locks, source_name, parallel)
+    pending = job.pending(windows, redo=redo)
+    if dry_run:
+        for start, end in pending:
+            click.echo(f"{_iso(start)}  {_iso(end)}")
+        click.echo(
+            f"{len(pending)} windows to pull, {len(windows) - len(pending)} done",
+            err=True,
+        )
+        return
+    abandon_dead_runs(
+        pipeline, locks, context.clock, [context.settings.source(source_name)]
+    )
+    _stop_on_signals(stop)
+    results = _run_backfill(job, pending, context.clock)
+    if stop.is_set():
+        sys.exit(130)
+    if any(not result.succeeded for result in results):
+        sys.exit(1)
+
+
+def _run_backfill(
+    job: Backfill, pending: list[Window], clock: Clock
+) -> list[RunResult]:
+    if sys.stderr.isatty():
+        with rich_reporter(len(pending)) as report:
+            return job.run(pending, Progress(len(pending), clock, report))
+
+    return job.run(pending, Progress(len(pending), clock, LogReporter(clock)))
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def request_stop(signum: int, _: Any) -> None:
+        log.info("backfill.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def _utc(moment: datetime) -> datetime:
+    return (
+        moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _window_step(text: str) -> timedelta:
+    from job.config import parse_duration
+
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except ValueError as exc:
+        raise ConfigError(f"--window {text!r}: {exc}") from None
+
+
+@main.command()
+@click.option("--source", "source_name", required=True, help="The source to read.")
+@click.option(
+    "--since",
+    type=click.DateTime(),
+    help="Only records stored or changed at or after (UTC).",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+)
+@pass_context
+def records(
+    context: Context, source_name: str, since: datetime | None, output: str
+) -> None:
+    """Stream the stored records of a source to stdout, for other tools."""
+    from job.export import write_csv, write_jsonl
+    from job.storage.history import stream_records
+
+    context.settings.source(source_name)
+    rows = stream_records(
+        context.store().engine, source_name, _utc(since) if since else None
+    )
+    try:
+        if output == "jsonl":
+            write_jsonl(rows, sys.stdout.buffer)
+        else:
+            write_csv(rows, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `job records ... | head`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @main.command()
@@ -164,8 +391,6 @@ def runs(
     as_json: bool,
 ) -> None:
     """Show recent runs, newest first."""
-    from datetime import UTC
-
     import orjson
 
     rows = context.store().recent_runs(
@@ -262,9 +487,13 @@ main.add_command(db_group, name="db")
 @pass_context
 def upgrade(context: Context) -> None:
     """Apply the migrations up to the newest revision."""
+    from job.storage.views import sync_views
+
     store = context.store(check=False)
     db.upgrade(store.engine)
     click.echo(f"database is at revision {db.current_revision(store.engine)}")
+    for name in sync_views(store.engine, context.settings.sources):
+        click.echo(f"view {name} matches the columns: in the configuration")
 
 
 @db_group.command()

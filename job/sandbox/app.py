@@ -36,6 +36,9 @@ class PageQuery:
     since: str | None
     since_s: float | None
     after: int | None
+    # A backfill window, half-open on updated_at: [from, to).
+    window: tuple[str | None, str | None] = (None, None)
+    until_s: float | None = None
 
 
 def create_app(state: SandboxState, stopping: threading.Event) -> Flask:
@@ -101,7 +104,11 @@ class _Views:
         except ValueError as exc:
             return faults.json_error(400, "invalid_request", str(exc))
         page = state.records.page(
-            state.epoch, since_s=query.since_s, after=query.after, size=query.page_size
+            state.epoch,
+            since_s=query.since_s,
+            after=query.after,
+            size=query.page_size,
+            until_s=query.until_s,
         )
         body = render_page(page, next_link(query, page, state.repeat_next_link))
         if state.take("truncated_body_count"):
@@ -113,22 +120,36 @@ class _Views:
 def parse_page_query(
     args: MultiDict[str, str], default_size: int, max_size: int
 ) -> PageQuery:
-    """Validate ``page_size``, ``since`` and ``after``; ValueError says which is bad."""
+    """Validate the paging and filter parameters; ValueError says which is bad."""
     page_size = _parse_page_size(args.get("page_size"), default_size, max_size)
     since = args.get("since")
-    since_s = None
-    if since is not None:
-        try:
-            since_s = parse_since(since)
-        except ValueError:
-            raise ValueError(
-                f"since={since!r} is not an ISO 8601 date-time, "
-                "e.g. 2024-01-01T00:00:00Z."
-            ) from None
+    since_s = _parse_instant("since", since)
     after_text = args.get("after")
     after = None if after_text is None else decode_cursor(after_text)
+    start, end = args.get("from"), args.get("to")
+    start_s = _parse_instant("from", start)
+    if start_s is not None:
+        since_s = start_s if since_s is None else max(since_s, start_s)
 
-    return PageQuery(page_size, since, since_s, after)
+    return PageQuery(
+        page_size,
+        since,
+        since_s,
+        after,
+        window=(start, end),
+        until_s=_parse_instant("to", end),
+    )
+
+
+def _parse_instant(name: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError:
+        raise ValueError(
+            f"{name}={text!r} is not an ISO 8601 date-time, e.g. 2024-01-01T00:00:00Z."
+        ) from None
 
 
 def _parse_page_size(text: str | None, default_size: int, max_size: int) -> int:
@@ -157,6 +178,9 @@ def next_link(query: PageQuery, page: Page, repeat: bool) -> str | None:
     params: list[tuple[str, str]] = [("page_size", str(query.page_size))]
     if query.since is not None:
         params.append(("since", query.since))
+    for name, value in zip(("from", "to"), query.window, strict=True):
+        if value is not None:
+            params.append((name, value))
     if after is not None:
         params.append(("after", encode_cursor(after)))
 

@@ -146,20 +146,31 @@ class RecordSet:
         return [self.record(key & _ID_MASK, epoch) for key in keys]
 
     def page(
-        self, epoch: int, *, since_s: float | None, after: int | None, size: int
+        self,
+        epoch: int,
+        *,
+        since_s: float | None,
+        after: int | None,
+        size: int,
+        until_s: float | None = None,
     ) -> Page:
-        """Return up to ``size`` rendered records from the ordered set."""
+        """Return up to ``size`` rendered records from the ordered set.
+
+        ``since_s`` is inclusive and ``until_s`` exclusive, both on updated_at.
+        """
         keys = self.ordering(epoch)
-        start = 0
+        start, end = 0, len(keys)
         if since_s is not None:
             start = bisect_left(keys, max(ceil(since_s), 0) << _ID_BITS)
+        if until_s is not None:
+            end = bisect_left(keys, max(ceil(until_s), 0) << _ID_BITS)
         if after is not None:
             start = max(start, bisect_right(keys, after))
-        chosen = keys[start : start + size]
+        chosen = keys[start : min(start + size, end)] if start < end else []
         items = [self._render(key & _ID_MASK, epoch) for key in chosen]
         last_key = chosen[-1] if chosen else None
 
-        return Page(items, last_key, start + len(chosen) < len(keys))
+        return Page(items, last_key, start + len(chosen) < end)
 
     def ordering(self, epoch: int) -> list[int]:
         """Sort keys by (updated_at, id) at this epoch, built once per epoch."""
