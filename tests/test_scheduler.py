@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobEvent
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from job.clock import FakeClock, SystemClock
@@ -115,15 +116,20 @@ class TestCron:
 
         assert all(0 <= t.minute * 60 + t.second <= 30 for t in times)
 
-    def test_a_bad_expression_is_a_config_error(self) -> None:
-        """Four fields: a ConfigError quoting the expression."""
-        with pytest.raises(ConfigError, match="'0 9 \\* \\*'"):
-            build_trigger(ScheduleSettings(cron="0 9 * *"))
+    def test_four_fields_are_refused_with_the_settings(self) -> None:
+        """Four fields: refused when the configuration loads, quoting it."""
+        with pytest.raises(ValidationError, match="'0 9 \\* \\*' needs five"):
+            ScheduleSettings(cron="0 9 * *")
 
-    def test_an_unknown_timezone_is_a_config_error(self) -> None:
+    def test_a_bad_field_is_a_config_error(self) -> None:
+        """Five fields, one out of range: a ConfigError quoting the expression."""
+        with pytest.raises(ConfigError, match="'61 9 \\* \\* \\*'"):
+            build_trigger(ScheduleSettings(cron="61 9 * * *"))
+
+    def test_an_unknown_timezone_is_refused_with_the_settings(self) -> None:
         """A misspelt zone is named in the error."""
-        with pytest.raises(ConfigError, match="Europe/Berln"):
-            build_trigger(ScheduleSettings(every=60, timezone="Europe/Berln"))
+        with pytest.raises(ValidationError, match="Europe/Berln"):
+            ScheduleSettings(every=60, timezone="Europe/Berln")
 
 
 class TestMisfireGrace:
