@@ -219,22 +219,29 @@ def abandon_dead_runs(
 @pass_context
 def once(context: Context, source_name: str | None) -> None:
     """Pull now, once; exit non-zero if a pull failed."""
-    pipeline = context.pipeline()
+    stop = threading.Event()
+    pipeline = context.pipeline(stop)
     names = [source_name] if source_name else [s.name for s in context.settings.sources]
     for name in names:
         context.settings.source(name)
     locks = locks_for(pipeline.store.engine)
+    # SIGTERM or Ctrl-C: the page being stored commits, the run says interrupted.
+    _stop_on_signals(stop, "once.stopping")
     results = []
     for name in names:
+        if stop.is_set():
+            break
         # Waits for a scheduled pull or a backfill of the same source to end.
         with locks.exclusive(name, wait=True):
             results.append(pipeline.pull(name, "once"))
-    failed = [result for result in results if not result.succeeded]
+    failed = [result for result in results if result.status == "failed"]
     for result in failed:
         click.echo(
             f"job: run {result.run_id} of {result.source} failed: {result.error}",
             err=True,
         )
+    if stop.is_set():
+        sys.exit(130)
     if failed:
         sys.exit(1)
 
@@ -287,7 +294,7 @@ def backfill(
     abandon_dead_runs(
         pipeline, locks, context.clock, [context.settings.source(source_name)]
     )
-    _stop_on_signals(stop)
+    _stop_on_signals(stop, "backfill.stopping")
     results = _run_backfill(job, pending, context.clock)
     if stop.is_set():
         sys.exit(130)
@@ -305,9 +312,9 @@ def _run_backfill(
     return job.run(pending, Progress(len(pending), clock, LogReporter(clock)))
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: threading.Event, event: str) -> None:
     def request_stop(signum: int, _: Any) -> None:
-        log.info("backfill.stopping", signal=signal.Signals(signum).name)
+        log.info(event, signal=signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -419,7 +426,7 @@ def _print_runs(rows: list[dict[str, Any]]) -> None:
         ("seen", lambda r: str(r["records_seen"])),
         ("new", lambda r: str(r["inserted"])),
         ("changed", lambda r: str(r["updated"])),
-        ("error", lambda r: (r["error"] or "")[:80]),
+        ("error", lambda r: r["error"] or ""),
     ]
     for name, _ in columns:
         table.add_column(name, overflow="fold")

@@ -8,11 +8,23 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from job.clock import SystemClock
 from job.sandbox import SandboxServer
 from job.storage.engine import make_engine
 from job.storage.store import Store
 from tests.processes import Job
+
+
+def wait_for_a_page(store: Store) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        runs = store.recent_runs()
+        if runs and runs[0]["status"] == "running" and runs[0]["pages"] >= 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no run stored a page within 20 s")
 
 
 class TestShutdownMidPull:
@@ -32,12 +44,7 @@ class TestShutdownMidPull:
             text=True,
         )
         try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                runs = store.recent_runs()
-                if runs and runs[0]["status"] == "running" and runs[0]["pages"] >= 1:
-                    break
-                time.sleep(0.05)
+            wait_for_a_page(store)
             daemon.send_signal(signal.SIGTERM)
             _, err = daemon.communicate(timeout=20)
         finally:
@@ -51,3 +58,33 @@ class TestShutdownMidPull:
         assert 1 <= run["pages"] < 5
         assert store.count_records("items") == run["inserted"] == run["pages"] * 50
         assert '"event": "run.interrupted"' in err
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+    def test_once_stopped_mid_pull_records_an_interrupted_run(
+        self, job: Job, sandbox: SandboxServer, tmp_path: Path, signum: int
+    ) -> None:
+        """`job once` and SIGTERM or Ctrl-C: exit 130, the run is not left running."""
+        job.write_config(sandbox)
+        job("db", "upgrade")
+        store = Store(make_engine(f"sqlite:///{tmp_path / 'job.db'}"), SystemClock())
+        sandbox.state.latency_s = 0.4
+        once = subprocess.Popen(
+            [sys.executable, "-m", "job", "--log-format", "json", "once"],
+            cwd=tmp_path,
+            env=job.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for_a_page(store)
+            once.send_signal(signum)
+            _, err = once.communicate(timeout=20)
+        finally:
+            if once.poll() is None:
+                once.kill()
+        job.watch.output("once stderr", err)
+
+        assert once.returncode == 130, err
+        (run,) = store.recent_runs()
+        assert run["status"] == "interrupted"
+        assert store.count_records("items") == run["inserted"] == run["pages"] * 50
