@@ -153,6 +153,10 @@ def configure_logging(
     quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(max(quiet, root.level))
+    if quiet != logging.DEBUG:
+        # The daemon reports missed and skipped runs as run.missed and
+        # run.skipped; APScheduler's own warnings would say it twice.
+        logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
 
     structlog.configure(
         processors=[
