@@ -36,7 +36,7 @@ from job.locks import FileLocks, SourceLocks, locks_for
 from job.logs import SECRETS, configure_logging, redact_value
 from job.pipeline import Pipeline, RunResult
 from job.storage import engine as db
-from job.storage.history import Window
+from job.storage.history import Window, abandon_runs
 from job.storage.store import Store
 
 if TYPE_CHECKING:
@@ -203,15 +203,11 @@ def abandon_dead_runs(
     A run is only ever `running` under its source's lock, and a dead process
     holds no lock; so a source whose lock we get has no live run, on any host.
     """
-    from job.storage.history import abandon_runs
 
     for source in sources:
         with locks.exclusive(source.name, wait=False) as held:
-            if not held:
-                continue
-            count = abandon_runs(pipeline.store.engine, clock, source.name)
-        if count:
-            log.warning("runs.abandoned", source=source.name, count=count)
+            if held:
+                abandon_runs(pipeline.store.engine, clock, source.name)
 
 
 @main.command()
@@ -231,8 +227,10 @@ def once(context: Context, source_name: str | None) -> None:
     for name in names:
         if stop.is_set():
             break
-        # Waits for a scheduled pull or a backfill of the same source to end.
+        # Waits for a scheduled pull or a backfill of the same source to end;
+        # once it holds the lock, a run still `running` has lost its process.
         with locks.exclusive(name, wait=True):
+            abandon_runs(pipeline.store.engine, context.clock, name)
             results.append(pipeline.pull(name, "once"))
     failed = [result for result in results if result.status == "failed"]
     for result in failed:

@@ -26,7 +26,7 @@ from job.errors import ConfigError, JobError, PermanentAuthError
 from job.health import Metrics
 from job.locks import NoLocks, SourceLocks
 from job.pipeline import Pipeline, RunResult
-from job.storage.history import fail_run
+from job.storage.history import abandon_runs, fail_run
 
 log = structlog.get_logger("job.scheduler")
 
@@ -187,6 +187,9 @@ class Daemon:
                 )
                 return
             try:
+                # Holding the lock, a run of this source still `running` lost
+                # its process (a replica killed mid-run): close it now.
+                abandon_runs(self.pipeline.store.engine, self._clock, source_name)
                 result = self.pull_once(source_name)
             except JobError as exc:
                 # The run could not even be recorded (the database is down):

@@ -151,6 +151,29 @@ class TestPostgresReplicas:
         assert second.has_logged("runs.abandoned")
 
     @on_postgres
+    def test_a_surviving_replica_closes_the_dead_run_without_a_restart(
+        self,
+        sandbox: SandboxServer,
+        shared_store: Store,
+        replicas: Callable[[str], Replica],
+    ) -> None:
+        """Two replicas up; the one pulling is killed; the other marks it abandoned."""
+        store = shared_store
+        sandbox.state.latency_s = 1.0
+        pair = [replicas("one"), replicas("two")]
+        crashed = wait_until(lambda: running(store), "a running pull")
+        owner = next(r for r in pair if r.process.pid == crashed["pid"])
+        survivor = next(r for r in pair if r is not owner)
+        owner.kill()
+        sandbox.state.latency_s = 0.0
+
+        wait_until(lambda: succeeded_by(store, survivor), "a pull by the survivor")
+        assert survivor.stop() == 0
+
+        assert status_of(store, crashed["id"]) == "abandoned"
+        assert survivor.has_logged("runs.abandoned")
+
+    @on_postgres
     def test_a_starting_replica_leaves_a_live_run_alone(
         self,
         sandbox: SandboxServer,

@@ -10,11 +10,14 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from job.clock import Clock
 from job.storage.tables import records, runs
+
+log = structlog.get_logger("job.storage")
 
 Window = tuple[datetime, datetime]
 
@@ -46,7 +49,11 @@ def abandon_runs(engine: Engine, clock: Clock, source: str) -> int:
         )
     )
     with engine.begin() as connection:
-        return connection.execute(statement).rowcount or 0
+        count = connection.execute(statement).rowcount or 0
+    if count:
+        log.warning("runs.abandoned", source=source, count=count)
+
+    return count
 
 
 def fail_run(engine: Engine, run_id: int, error: str) -> None:
