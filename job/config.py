@@ -82,7 +82,14 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _readable_file(path: Path) -> Path:
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a readable file")
+    return path
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 Timeout = Annotated[float, BeforeValidator(_positive_duration)]
 Text = Annotated[str, BeforeValidator(_as_text)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
@@ -130,7 +137,7 @@ class ProviderSettings(_Model):
     token_url: HttpUrl
     client_id: Text = Field(min_length=1)
     client_secret: SecretStr | None = Field(default=None, min_length=1)
-    client_secret_file: Path | None = None
+    client_secret_file: ReadableFile | None = None
     auth_method: Literal[
         "client_secret_basic",
         "client_secret_post",
@@ -141,12 +148,12 @@ class ProviderSettings(_Model):
     audience: str | None = None
     resource: str | None = None
     extra_params: dict[str, Text] = Field(default_factory=dict)
-    private_key_file: Path | None = None
+    private_key_file: ReadableFile | None = None
     key_id: str | None = None
     assertion_audience: str | None = None
-    client_cert_file: Path | None = None
-    client_key_file: Path | None = None
-    ca_bundle: Path | None = None
+    client_cert_file: ReadableFile | None = None
+    client_key_file: ReadableFile | None = None
+    ca_bundle: ReadableFile | None = None
     connect_timeout_s: Timeout = 5.0
     read_timeout_s: Timeout = 30.0
     leeway_s: Duration | None = None
@@ -166,16 +173,6 @@ class ProviderSettings(_Model):
             raise ValueError("auth_method private_key_jwt needs private_key_file")
         if self.auth_method == "tls_client_auth" and self.client_cert_file is None:
             raise ValueError("auth_method tls_client_auth needs client_cert_file")
-        for name in (
-            "client_secret_file",
-            "private_key_file",
-            "client_cert_file",
-            "client_key_file",
-            "ca_bundle",
-        ):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {str(path)!r} is not a readable file")
 
         return self
 
@@ -303,6 +300,7 @@ class SourceSettings(_Model):
     read_timeout_s: Timeout = 30.0
     max_pages: int | None = Field(default=None, gt=0)
     allow_cross_origin: bool = False
+    ca_bundle: ReadableFile | None = None
 
 
 class Settings(_Model):

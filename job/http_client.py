@@ -99,12 +99,15 @@ class HttpClient:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
         allow_cross_origin: bool = False,
+        ca_bundle: str | None = None,
     ) -> None:
         self.session = session
         self._clock = clock
         self._policy = policy
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._cross_origin = allow_cross_origin
+        # None: requests' default trust (certifi, or REQUESTS_CA_BUNDLE).
+        self._verify: str | bool = ca_bundle or True
 
     def get(
         self,
@@ -153,6 +156,13 @@ class HttpClient:
             response = self._follow(url, params, auth)
         except requests.Timeout as exc:
             return None, f"timed out ({exc.__class__.__name__})"
+        except requests.exceptions.SSLError as exc:
+            # An untrusted or mismatched certificate will not heal by retrying.
+            raise PermanentFetchError(
+                f"TLS with {mask_url(url)} failed ({_root_cause(exc)}); if the API "
+                "uses a private CA, set ca_bundle on the source",
+                url=mask_url(url),
+            ) from None
         except (requests.ConnectionError, ChunkedEncodingError) as exc:
             return None, f"connection failed ({_root_cause(exc)})"
         except requests.RequestException as exc:
@@ -201,7 +211,12 @@ class HttpClient:
     ) -> requests.Response:
         # Redirects are followed by hand, so that the origin check sees them.
         return self.session.get(
-            url, params=params, auth=auth, timeout=self._timeout, allow_redirects=False
+            url,
+            params=params,
+            auth=auth,
+            timeout=self._timeout,
+            allow_redirects=False,
+            verify=self._verify,
         )
 
     def _raise_unless_retryable(

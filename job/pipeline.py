@@ -210,6 +210,7 @@ class Pipeline:
             connect_timeout_s=source.connect_timeout_s,
             read_timeout_s=source.read_timeout_s,
             allow_cross_origin=source.allow_cross_origin,
+            ca_bundle=str(source.ca_bundle) if source.ca_bundle else None,
         )
         auth = self.tokens.for_provider(self.settings.provider_for(source))
 

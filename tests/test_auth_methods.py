@@ -215,7 +215,10 @@ class TestPrivateKeyJwt:
         self, sandbox: SandboxServer, wall_clock: FakeClock, tmp_path: Path
     ) -> None:
         """A missing file is refused with the settings, naming setting and path."""
-        with pytest.raises(ValidationError, match=r"private_key_file .*missing\.pem"):
+        with pytest.raises(
+            ValidationError,
+            match=r"private_key_file\n.*missing\.pem. is not a readable file",
+        ):
             jwt_manager(sandbox, wall_clock, tmp_path / "missing.pem")
 
         assert sandbox.state.token_requests == 0

@@ -242,7 +242,7 @@ class TestValuesRefusedAtLoad:
         )
 
         with pytest.raises(
-            ConfigError, match=r"client_secret_file .* is not a readable"
+            ConfigError, match=r"client_secret_file: .*nope. is not a readable file"
         ):
             load_settings(write(tmp_path, text), ENV)
 
