@@ -127,6 +127,10 @@ def _postgres_column(column: ViewColumn) -> str:
     if column.kind == "json":
         return f"payload #> '{path}'"
     value = f"(payload #>> '{path}')"
+    if column.kind == "integer":
+        # 1126.48 as an integer: truncated toward zero, as SQLite's CAST does,
+        # where a plain ::bigint would refuse the whole view.
+        return f"trunc({value}::numeric)::bigint"
     sql_type = _POSTGRES_TYPES.get(column.kind)
 
     return f"{value}::{sql_type}" if sql_type else value

@@ -88,6 +88,21 @@ class TestViews:
         assert count == 50
         assert total == pytest.approx(sum(r["amount"] for r in truth if r["id"] > 200))
 
+    def test_a_fraction_as_integer_truncates_alike_on_both(
+        self, sandbox: SandboxServer, engine: Engine
+    ) -> None:
+        """amount::integer keeps the whole part on both databases, never an error."""
+        pulled(sandbox, engine)
+        sync_views(
+            engine, [source_with({"id": "id::integer", "whole": "amount::integer"})]
+        )
+        truth = {r["id"]: r["amount"] for r in sandbox.state.all_records()}
+
+        rows = query(engine, "SELECT id, whole FROM items_records")
+
+        assert len(rows) == len(truth)
+        assert all(row.whole == int(truth[row.id]) for row in rows)
+
     def test_a_change_of_columns_updates_the_view(self, engine: Engine) -> None:
         """A column added shows up; columns emptied drop the view."""
         sync_views(engine, [source_with({"id": "id::integer"})])
