@@ -108,6 +108,20 @@ class TestPrivateKeyJwt:
             "client_assertion_type": ASSERTION_TYPE,
         }
 
+    def test_a_client_without_a_registered_key_is_refused_not_crashed(
+        self, sandbox: SandboxServer, wall_clock: FakeClock, tmp_path: Path
+    ) -> None:
+        """No public key on file: invalid_client at once, not a 500 retried."""
+        key_file = tmp_path / "client.pem"
+        write_key(key_file, "ec")
+        sandbox.state.add_client(JWT_CLIENT, "", auth_methods=("private_key_jwt",))
+
+        with pytest.raises(PermanentAuthError) as raised:
+            jwt_manager(sandbox, wall_clock, key_file).token()
+
+        assert raised.value.error == "invalid_client"
+        assert sandbox.state.token_requests == 1
+
     def test_the_assertion_has_the_rfc_7523_claims(
         self, sandbox: SandboxServer, wall_clock: FakeClock, tmp_path: Path
     ) -> None:

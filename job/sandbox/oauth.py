@@ -22,6 +22,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProte
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import (
     ClientMixin,
+    InvalidClientError,
     InvalidScopeError,
     MissingAuthorizationError,
     OAuth2Request,
@@ -191,7 +192,11 @@ class SandboxClientAssertion(JWTBearerClientAssertion):
         return self._state.use_jti(str(claims["sub"]), jti)
 
     def resolve_client_public_key(self, client: OAuthClient) -> KeySet:
-        jwks = client.client.jwks or {"keys": []}
+        jwks = client.client.jwks
+        if not jwks or not jwks.get("keys"):
+            # A client registered without a key cannot sign: refuse it as a
+            # provider would (401 invalid_client), not with a server error.
+            raise InvalidClientError(description="no public key is registered")
 
         return KeySet.import_key_set(cast(Any, dict(jwks)))
 
