@@ -95,6 +95,18 @@ class JobGroup(click.Group):
 
 pass_context = click.make_pass_decorator(Context)
 
+# A date, a date and time, or either with a zone (Z or +02:00); no zone is UTC.
+MOMENT = click.DateTime(
+    formats=[
+        "%Y-%m-%d",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S%z",
+        "%Y-%m-%d %H:%M:%S%z",
+        "%Y-%m-%dT%H:%M%z",
+    ]
+)
+
 
 @click.group(cls=JobGroup)
 @click.option(
@@ -247,10 +259,10 @@ def once(context: Context, source_name: str | None) -> None:
 @main.command()
 @click.option("--source", "source_name", required=True, help="The source to pull.")
 @click.option(
-    "--since", type=click.DateTime(), required=True, help="Start (UTC, inclusive)."
+    "--since", type=MOMENT, required=True, help="Start (UTC, inclusive)."
 )
 @click.option(
-    "--until", type=click.DateTime(), required=True, help="End (UTC, exclusive)."
+    "--until", type=MOMENT, required=True, help="End (UTC, exclusive)."
 )
 @click.option("--window", default="1d", show_default=True, help="Window length.")
 @click.option(
@@ -342,7 +354,7 @@ def _window_step(text: str) -> timedelta:
 @click.option("--source", "source_name", required=True, help="The source to read.")
 @click.option(
     "--since",
-    type=click.DateTime(),
+    type=MOMENT,
     help="Only records stored or changed at or after (UTC).",
 )
 @click.option(
@@ -382,7 +394,7 @@ def records(
     type=click.Choice(["running", "succeeded", "failed", "interrupted", "abandoned"]),
 )
 @click.option(
-    "--since", type=click.DateTime(), help="Only runs started at or after (UTC)."
+    "--since", type=MOMENT, help="Only runs started at or after (UTC)."
 )
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -401,7 +413,7 @@ def runs(
     rows = context.store().recent_runs(
         source=source_name,
         status=status,
-        since=since.replace(tzinfo=UTC) if since else None,
+        since=_utc(since) if since else None,
         limit=limit,
     )
     if as_json:

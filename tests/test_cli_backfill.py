@@ -74,6 +74,32 @@ class TestBackfillCommand:
         assert "8 windows to pull, 0 done" in result.stderr
         assert sandbox.state.token_requests == 0
 
+    def test_dates_with_a_zone_are_converted_to_utc(
+        self, job: Job, sandbox: SandboxServer
+    ) -> None:
+        """--since with Z or +02:00 is read as that instant, shown in UTC."""
+        job.write_config(sandbox)
+        job("db", "upgrade")
+
+        result = job(
+            "backfill",
+            "--source",
+            "items",
+            "--since",
+            "2024-01-01T02:00:00+02:00",
+            "--until",
+            "2024-01-01T00:01:00Z",
+            "--window",
+            "30s",
+            "--dry-run",
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "2024-01-01T00:00:00Z  2024-01-01T00:00:30Z",
+            "2024-01-01T00:00:30Z  2024-01-01T00:01:00Z",
+        ]
+
     def test_killed_then_rerun_pulls_only_the_missing_windows(
         self, job: Job, sandbox: SandboxServer
     ) -> None:
