@@ -258,12 +258,8 @@ def once(context: Context, source_name: str | None) -> None:
 
 @main.command()
 @click.option("--source", "source_name", required=True, help="The source to pull.")
-@click.option(
-    "--since", type=MOMENT, required=True, help="Start (UTC, inclusive)."
-)
-@click.option(
-    "--until", type=MOMENT, required=True, help="End (UTC, exclusive)."
-)
+@click.option("--since", type=MOMENT, required=True, help="Start (UTC, inclusive).")
+@click.option("--until", type=MOMENT, required=True, help="End (UTC, exclusive).")
 @click.option("--window", default="1d", show_default=True, help="Window length.")
 @click.option(
     "--parallel",
@@ -393,9 +389,7 @@ def records(
     "--status",
     type=click.Choice(["running", "succeeded", "failed", "interrupted", "abandoned"]),
 )
-@click.option(
-    "--since", type=MOMENT, help="Only runs started at or after (UTC)."
-)
+@click.option("--since", type=MOMENT, help="Only runs started at or after (UTC).")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_context
@@ -470,23 +464,28 @@ def token(context: Context, source_name: str | None, verbose: bool) -> None:
     source = settings.source(source_name) if source_name else settings.sources[0]
     provider = settings.provider_for(source)
     manager = TokenManager(provider, session=requests.Session(), clock=context.clock)
-    issued = manager.token()
-    facts = {
-        "provider": provider.name,
-        "token_url": provider.token_url,
-        "auth_method": provider.auth_method,
-        "client_id": provider.client_id,
-        "requested scope": provider.scope or "(none)",
-        "granted scope": issued.scope or "(not stated)",
-        "lifetime": f"{issued.lifetime_s:.0f} s",
-        "expires at": issued.expires_at.isoformat(),
-        "fingerprint": issued.fingerprint,
-        **manager.describe_credentials(),
-    }
     if verbose:
+        # Shown before the request, so that a refused request can be debugged.
         headers, data = manager.describe_request()
-        facts["request headers"] = str(headers)
-        facts["request body"] = str(data)
+        _print_facts({"request headers": str(headers), "request body": str(data)})
+    issued = manager.token()
+    _print_facts(
+        {
+            "provider": provider.name,
+            "token_url": provider.token_url,
+            "auth_method": provider.auth_method,
+            "client_id": provider.client_id,
+            "requested scope": provider.scope or "(none)",
+            "granted scope": issued.scope or "(not stated)",
+            "lifetime": f"{issued.lifetime_s:.0f} s",
+            "expires at": issued.expires_at.isoformat(),
+            "fingerprint": issued.fingerprint,
+            **manager.describe_credentials(),
+        }
+    )
+
+
+def _print_facts(facts: dict[str, str]) -> None:
     width = max(len(name) for name in facts)
     for name, value in facts.items():
         click.echo(f"{name:<{width}}  {redact_value(value)}")

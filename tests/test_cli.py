@@ -74,6 +74,21 @@ class TestUserMistakes:
         assert "invalid_client" in result.stderr
         assert "check client_id and client_secret" in result.stderr
 
+    def test_token_verbose_shows_the_request_even_when_refused(
+        self, job: Job, sandbox: SandboxServer, leak_watch: LeakWatch
+    ) -> None:
+        """A refused token request still shows what was sent, masked."""
+        job.write_config(sandbox)
+        job.env["OAUTH_CLIENT_SECRET"] = "another-wrong-secret"
+        leak_watch.secret("another-wrong-secret", "job-demo")
+
+        result = job("token", "--verbose")
+
+        assert result.returncode == 1
+        assert "'Authorization': 'Basic ***'" in result.stdout
+        assert "'grant_type': 'client_credentials'" in result.stdout
+        assert "invalid_client" in result.stderr
+
     def test_unknown_source_lists_the_known_ones(
         self, job: Job, sandbox: SandboxServer
     ) -> None:
