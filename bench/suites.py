@@ -148,10 +148,14 @@ def _throughput_run(
 # 2. Peers
 
 
-def peers(kind: str, sizes: Sizes, log: Log) -> list[Figure]:
-    """The same pull by `job`, by the straightforward script and by dlt."""
+def peers(kind: str, sizes: Sizes, log: Log, *, install: bool = True) -> list[Figure]:
+    """The same pull by `job`, by the straightforward script and by dlt.
+
+    dlt lives in bench/.venv-peers, made here on first use unless `install`
+    is false (the smoke test never downloads anything).
+    """
     figures = Figures("peers", kind)
-    dlt_problem = _peers_venv_problem(log)
+    dlt_problem = _peers_venv_problem(log, install)
     with BenchSandbox(sizes.peer_records) as sandbox:
         sandbox.command("warm 500")
         for run in range(sizes.runs):
@@ -207,10 +211,12 @@ def peers(kind: str, sizes: Sizes, log: Log) -> list[Figure]:
     return result
 
 
-def _peers_venv_problem(log: Log) -> str | None:
+def _peers_venv_problem(log: Log, install: bool) -> str | None:
     """Make bench/.venv-peers (dlt, py-spy) if missing; say why it cannot be."""
     if PEERS_PYTHON.exists():
         return None
+    if not install:
+        return "bench/.venv-peers is missing; `python -m bench` makes it"
     log("creating bench/.venv-peers (dlt); this takes a minute")
     folder = PEERS_PYTHON.parent.parent
     steps = [
@@ -528,7 +534,7 @@ def idle(kinds: tuple[str, ...], sizes: Sizes, log: Log) -> list[Figure]:
             for kind, pid in daemons.items():
                 share = (_cpu_s(pid) - start[kind]) / sizes.idle_s * 100
                 figures[kind].add(
-                    f"CPU over {sizes.idle_s:.0f} s",
+                    f"CPU over {sizes.idle_s:g} s",
                     share,
                     "% of a core",
                     target="< 1",
