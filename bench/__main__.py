@@ -27,6 +27,9 @@ from job.storage import engine as db
 
 BENCHMARKS = ("throughput", "peers", "repull", "backfill", "memory", "idle")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
+README = Path(__file__).parent / "README.md"
+START = "<!-- bench:results:start -->"
+END = "<!-- bench:results:end -->"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--records", type=int, help="Override the main size.")
     parser.add_argument("--runs", type=int, help="Override the number of runs.")
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="Write the table into bench/README.md (make bench does).",
+    )
     args = parser.parse_args(argv)
     sizes = suites.SMOKE if args.smoke else suites.QUICK if args.quick else suites.FULL
     sizes = dataclasses.replace(
@@ -56,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    print(_machine_text(report["machine"]))
-    print(markdown(figures))
+    sizes_text = ", ".join(f"{k} {v}" for k, v in sizes.__dict__.items())
+    table = (
+        f"{_machine_text(report['machine'])}\n\nsizes: {sizes_text}\n\n"
+        f"{markdown(figures)}"
+    )
+    print(table)
+    if args.update_readme:
+        update_readme(README, table, elapsed)
     _log(f"done in {elapsed:.0f} s; values in {args.output}")
 
     return 0
@@ -145,6 +159,16 @@ def _dlt_version() -> str:
         )
     )
     return found[-1].name.split("-")[1] if found else "not installed"
+
+
+def update_readme(path: Path, table: str, elapsed: float) -> None:
+    """Replace what lies between the result markers of the README with `table`."""
+    text = path.read_text(encoding="utf-8")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    body = f"Measured {stamp} in {elapsed / 60:.0f} minutes.\n\n{table}\n"
+    path.write_text(f"{head}{START}\n{body}{END}{tail}", encoding="utf-8")
 
 
 def _machine_text(facts: dict[str, str]) -> str:
