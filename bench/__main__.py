@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     figures = run(args.only.split(","), kinds, sizes, _log)
     elapsed = time.perf_counter() - started
+    facts = machine()
     report = {
-        "machine": machine(),
+        "machine": facts,
         "sizes": sizes.__dict__,
         "seconds": elapsed,
         "figures": [figure.as_dict() for figure in figures],
@@ -65,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     sizes_text = ", ".join(f"{k} {v}" for k, v in sizes.__dict__.items())
-    table = (
-        f"{_machine_text(report['machine'])}\n\nsizes: {sizes_text}\n\n"
-        f"{markdown(figures)}"
-    )
+    table = f"{_machine_text(facts)}\n\nsizes: {sizes_text}\n\n{markdown(figures)}"
     print(table)
     if args.update_readme:
         update_readme(README, table, elapsed)

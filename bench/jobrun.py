@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,9 @@ def last_runs(database: Database, count: int = 1) -> list[dict[str, Any]]:
 
 
 def run_seconds(run: dict[str, Any]) -> float:
-    return (run["finished_at"] - run["started_at"]).total_seconds()
+    elapsed: timedelta = run["finished_at"] - run["started_at"]
+
+    return elapsed.total_seconds()
 
 
 def require_success(outcome: Outcome, what: str) -> None:

@@ -21,9 +21,11 @@ from urllib.parse import urlsplit
 os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
 
-import dlt
-from dlt.sources.helpers.rest_client.auth import OAuth2ClientCredentials
-from dlt.sources.rest_api import rest_api_source
+import dlt  # type: ignore[import-not-found]
+from dlt.sources.helpers.rest_client.auth import (  # type: ignore[import-not-found]
+    OAuth2ClientCredentials,
+)
+from dlt.sources.rest_api import rest_api_source  # type: ignore[import-not-found]
 
 
 def _source(args: argparse.Namespace) -> Any:
