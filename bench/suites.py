@@ -43,8 +43,8 @@ class Sizes:
     latency_s: float = 0.05
 
 
-FULL = Sizes(100_000, 10_000, (100_000, 1_000_000), 3, 60.0, 32, 400)
-QUICK = Sizes(20_000, 3_000, (100_000,), 3, 10.0, 32, 200)
+FULL = Sizes(100_000, 30_000, (100_000, 1_000_000), 3, 60.0, 32, 400)
+QUICK = Sizes(20_000, 5_000, (100_000,), 3, 10.0, 32, 200)
 SMOKE = Sizes(600, 300, (600,), 1, 1.0, 4, 100)
 
 
@@ -169,11 +169,6 @@ def peers(kind: str, sizes: Sizes, log: Log, *, install: bool = True) -> list[Fi
             plain = _plain(kind, sandbox)
             figures.add(
                 "straightforward", plain["records"] / plain["first_s"], "records/s"
-            )
-            figures.add(
-                "straightforward re-sync",
-                plain["records"] / plain["second_s"],
-                "records/s",
             )
             figures.add(
                 "job / straightforward",

@@ -70,7 +70,8 @@ def upsert_page(
 def _bound_time(connection: Connection, now: datetime) -> Any:
     # The same text (SQLite) or value (PostgreSQL) SQLAlchemy would bind for
     # the column, worked out once per page instead of twice per row.
-    process = records.c.last_seen_at.type.bind_processor(connection.dialect)
+    column_type = records.c.last_seen_at.type.dialect_impl(connection.dialect)
+    process = column_type.bind_processor(connection.dialect)
 
     return process(now) if process else now
 

@@ -74,6 +74,29 @@ class TestUpsertPage:
         assert row.first_seen_at == clock.now() == row.last_seen_at
         assert row.run_id == run
 
+    def test_times_are_stored_as_the_core_path_stores_them(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """The stored timestamps are byte for byte what a Core insert writes."""
+        with engine.begin() as connection:
+            upsert_page(connection, "bulk", 1, [record(1)], clock.now())
+            connection.execute(
+                records.insert().values(
+                    source="core",
+                    record_key="1",
+                    payload={},
+                    content_hash="x",
+                    first_seen_at=clock.now(),
+                    last_seen_at=clock.now(),
+                    run_id=1,
+                )
+            )
+            stored = connection.execute(
+                text("SELECT source, CAST(last_seen_at AS TEXT) FROM records")
+            ).all()
+
+        assert len({text_ for _, text_ in stored}) == 1, stored
+
     def test_a_driver_error_becomes_a_storage_error(
         self, engine: Engine, clock: FakeClock
     ) -> None:
