@@ -156,7 +156,10 @@ def _dlt_version() -> str:
             "lib/python*/site-packages/dlt-*.dist-info"
         )
     )
-    return found[-1].name.split("-")[1] if found else "not installed"
+    if not found:
+        return "not installed"
+
+    return found[-1].name.removesuffix(".dist-info").split("-", 1)[1]
 
 
 def update_readme(path: Path, table: str, elapsed: float) -> None:
