@@ -307,7 +307,9 @@ def _dlt(kind: str, sandbox: BenchSandbox) -> dict[str, Any]:
             return _run_peer(command, sandbox)
         finally:
             if kind == "postgresql":
+                # dlt merges through a staging dataset beside the real one.
                 _drop_schema(dataset)
+                _drop_schema(f"{dataset}_staging")
 
 
 def _dlt_postgres_url() -> str:
