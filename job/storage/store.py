@@ -16,11 +16,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from job.clock import Clock
 from job.stats import RunStats
+from job.storage.bulk import upsert_page
 from job.storage.engine import unreachable
 from job.storage.tables import records, runs, source_state
-
-# Keys per IN (...) lookup and rows per INSERT: well under SQLite's variable limit.
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -151,18 +149,14 @@ class Store:
         latest = {record.key: record for record in page}
         now = self._clock.now()
         with self._begin() as connection:
-            known = self._known_hashes(connection, source, list(latest))
-            fresh = [r for r in latest.values() if r.key not in known]
-            changed = [
-                r
-                for r in latest.values()
-                if r.key in known and known[r.key] != r.content_hash
-            ]
-            self._upsert(connection, source, run_id, [*fresh, *changed], now)
+            # Hook: the bulk path (job/storage/bulk.py) writes and counts.
+            inserted, updated = upsert_page(
+                connection, source, run_id, list(latest.values()), now
+            )
             counts = PageCounts(
-                inserted=len(fresh),
-                updated=len(changed),
-                unchanged=len(latest) - len(fresh) - len(changed),
+                inserted=inserted,
+                updated=updated,
+                unchanged=len(latest) - inserted - updated,
             )
             after = _counted(stats, counts, len(page))
             if watermark is not None:
@@ -176,58 +170,6 @@ class Store:
             setattr(stats, name, value)
 
         return counts
-
-    def _known_hashes(
-        self, connection: Connection, source: str, keys: list[str]
-    ) -> dict[str, str]:
-        known: dict[str, str] = {}
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            rows = connection.execute(
-                select(records.c.record_key, records.c.content_hash).where(
-                    records.c.source == source, records.c.record_key.in_(chunk)
-                )
-            )
-            known.update((key, digest) for key, digest in rows)
-
-        return known
-
-    def _upsert(
-        self,
-        connection: Connection,
-        source: str,
-        run_id: int,
-        page: Sequence[Record],
-        now: datetime,
-    ) -> None:
-        if not page:
-            return
-        statement = self._insert(records)
-        statement = statement.on_conflict_do_update(
-            index_elements=[records.c.source, records.c.record_key],
-            set_={
-                "payload": statement.excluded.payload,
-                "content_hash": statement.excluded.content_hash,
-                "last_seen_at": statement.excluded.last_seen_at,
-                "run_id": statement.excluded.run_id,
-            },
-            # Leave a row alone when another writer stored the same content.
-            where=records.c.content_hash != statement.excluded.content_hash,
-        )
-        rows = [
-            {
-                "source": source,
-                "record_key": record.key,
-                "payload": record.payload,
-                "content_hash": record.content_hash,
-                "first_seen_at": now,
-                "last_seen_at": now,
-                "run_id": run_id,
-            }
-            for record in page
-        ]
-        for start in range(0, len(rows), _CHUNK):
-            connection.execute(statement, rows[start : start + _CHUNK])
 
     def count_records(self, source: str | None = None) -> int:
         query = select(func.count()).select_from(records)

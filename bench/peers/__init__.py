@@ -1,0 +1,1 @@
+"""The same pull done by others: dlt, and the straightforward script."""
