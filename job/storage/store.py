@@ -149,7 +149,7 @@ class Store:
         latest = {record.key: record for record in page}
         now = self._clock.now()
         with self._begin() as connection:
-            # Hook: the bulk path (job/storage/bulk.py) writes and counts.
+            # The bulk path writes only new and changed records, and counts them.
             inserted, updated = upsert_page(
                 connection, source, run_id, list(latest.values()), now
             )
