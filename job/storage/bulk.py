@@ -86,6 +86,13 @@ def _upsert_postgresql(
     page: Sequence[Record],
     now: datetime,
 ) -> tuple[int, int]:
+    # The stage lives as long as the database session; rows never outlive
+    # the page (TRUNCATE, or the rollback of a failed page). Created through
+    # SQLAlchemy, so that its errors and events are the usual ones.
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
+        "(record_key text NOT NULL, payload jsonb NOT NULL, content_hash text NOT NULL)"
+    )
     dbapi_error = connection.dialect.loaded_dbapi.Error
     raw = connection.connection.driver_connection
     assert raw is not None
@@ -106,12 +113,6 @@ def _upsert_postgresql(
 def _merge_staged(
     cursor: Any, source: str, run_id: int, page: Sequence[Record], stamp: Any
 ) -> list[bool]:
-    # The stage lives as long as the database session; rows never outlive
-    # the page (TRUNCATE, or the rollback of a failed page).
-    cursor.execute(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
-        "(record_key text NOT NULL, payload jsonb NOT NULL, content_hash text NOT NULL)"
-    )
     with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
         for record in page:
             payload = orjson.dumps(record.payload).decode()
