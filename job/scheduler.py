@@ -153,8 +153,9 @@ class Daemon:
                 misfire_grace_time=misfire_grace_s(source.schedule),
                 next_run_time=self._clock.now(),
             )
-        self.scheduler.start()
+        # Said before starting: the first pulls begin at once, on other threads.
         log.info("daemon.started", sources=[source.name for source in self.sources])
+        self.scheduler.start()
 
     def run_until_stopped(self) -> None:
         """Start, wait for a signal, then let the current page commit and stop."""
