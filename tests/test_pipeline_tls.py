@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from job.clock import FakeClock
+from job.pipeline import RunResult
 from job.sandbox import SandboxServer, SandboxSettings
 from job.sandbox.tls import TestAuthority
 from job.storage.engine import make_engine, upgrade
@@ -29,21 +30,28 @@ def https_sandbox(tmp_path: Path, leak_watch: LeakWatch) -> Iterator[SandboxServ
         yield server
 
 
+def pull(
+    sandbox: SandboxServer, tmp_path: Path, clock: FakeClock, *, source_ca: bool
+) -> RunResult:
+    """One pull with the CA given to the provider, and to the source if asked."""
+    ca = str(sandbox.ca_file)  # type: ignore[attr-defined]
+    settings = make_settings(
+        sandbox,
+        f"sqlite:///{tmp_path / 'job.db'}",
+        provider={"ca_bundle": ca},
+        source={"ca_bundle": ca} if source_ca else {},
+    )
+    upgrade(make_engine(settings.database.url))
+
+    return make_pipeline(settings, clock).pull("items")
+
+
 class TestPrivateCertificateAuthority:
     def test_ca_bundle_on_the_source_lets_the_pull_through(
         self, https_sandbox: SandboxServer, tmp_path: Path, clock: FakeClock
     ) -> None:
         """Provider and source each name the CA; every record arrives."""
-        ca = str(https_sandbox.ca_file)  # type: ignore[attr-defined]
-        settings = make_settings(
-            https_sandbox,
-            f"sqlite:///{tmp_path / 'job.db'}",
-            provider={"ca_bundle": ca},
-            source={"ca_bundle": ca},
-        )
-        upgrade(make_engine(settings.database.url))
-
-        result = make_pipeline(settings, clock).pull("items")
+        result = pull(https_sandbox, tmp_path, clock, source_ca=True)
 
         assert result.succeeded, result.error
         assert result.stats.inserted == 120
@@ -52,15 +60,7 @@ class TestPrivateCertificateAuthority:
         self, https_sandbox: SandboxServer, tmp_path: Path, clock: FakeClock
     ) -> None:
         """Without ca_bundle on the source: no retries, and the message says so."""
-        ca = str(https_sandbox.ca_file)  # type: ignore[attr-defined]
-        settings = make_settings(
-            https_sandbox,
-            f"sqlite:///{tmp_path / 'job.db'}",
-            provider={"ca_bundle": ca},
-        )
-        upgrade(make_engine(settings.database.url))
-
-        result = make_pipeline(settings, clock).pull("items")
+        result = pull(https_sandbox, tmp_path, clock, source_ca=False)
 
         assert result.status == "failed"
         assert "set ca_bundle on the source" in str(result.error)

@@ -27,32 +27,43 @@ def wait_for_a_page(store: Store) -> None:
     raise AssertionError("no run stored a page within 20 s")
 
 
+def stopped_mid_pull(
+    job: Job, sandbox: SandboxServer, tmp_path: Path, command: str, signum: int
+) -> tuple[int, str, Store]:
+    """Start `job COMMAND` on a slow API, signal it once a page is stored."""
+    job.write_config(sandbox)
+    job("db", "upgrade")
+    store = Store(make_engine(f"sqlite:///{tmp_path / 'job.db'}"), SystemClock())
+    sandbox.state.latency_s = 0.4
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job", "--log-format", "json", command],
+        cwd=tmp_path,
+        env=job.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_a_page(store)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    job.watch.output(f"job {command} stderr", err)
+
+    return process.returncode, err, store
+
+
 class TestShutdownMidPull:
     def test_sigterm_mid_pull_keeps_stored_pages_and_records_the_run(
         self, job: Job, sandbox: SandboxServer, tmp_path: Path
     ) -> None:
         """Exit 0; the run is `interrupted`; its counters match what is stored."""
-        job.write_config(sandbox)
-        job("db", "upgrade")
-        store = Store(make_engine(f"sqlite:///{tmp_path / 'job.db'}"), SystemClock())
-        sandbox.state.latency_s = 0.4
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "job", "--log-format", "json", "run"],
-            cwd=tmp_path,
-            env=job.env,
-            stderr=subprocess.PIPE,
-            text=True,
+        code, err, store = stopped_mid_pull(
+            job, sandbox, tmp_path, "run", signal.SIGTERM
         )
-        try:
-            wait_for_a_page(store)
-            daemon.send_signal(signal.SIGTERM)
-            _, err = daemon.communicate(timeout=20)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-        job.watch.output("daemon stderr", err)
 
-        assert daemon.returncode == 0, err
+        assert code == 0, err
         (run,) = store.recent_runs()
         assert run["status"] == "interrupted"
         assert 1 <= run["pages"] < 5
@@ -64,27 +75,9 @@ class TestShutdownMidPull:
         self, job: Job, sandbox: SandboxServer, tmp_path: Path, signum: int
     ) -> None:
         """`job once` and SIGTERM or Ctrl-C: exit 130, the run is not left running."""
-        job.write_config(sandbox)
-        job("db", "upgrade")
-        store = Store(make_engine(f"sqlite:///{tmp_path / 'job.db'}"), SystemClock())
-        sandbox.state.latency_s = 0.4
-        once = subprocess.Popen(
-            [sys.executable, "-m", "job", "--log-format", "json", "once"],
-            cwd=tmp_path,
-            env=job.env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            wait_for_a_page(store)
-            once.send_signal(signum)
-            _, err = once.communicate(timeout=20)
-        finally:
-            if once.poll() is None:
-                once.kill()
-        job.watch.output("once stderr", err)
+        code, err, store = stopped_mid_pull(job, sandbox, tmp_path, "once", signum)
 
-        assert once.returncode == 130, err
+        assert code == 130, err
         (run,) = store.recent_runs()
         assert run["status"] == "interrupted"
         assert store.count_records("items") == run["inserted"] == run["pages"] * 50
