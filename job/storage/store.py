@@ -98,24 +98,6 @@ class Store:
                 )
             )
 
-    def mark_abandoned(self, *, host: str | None = None) -> int:
-        """Mark runs left `running` by a dead process as `abandoned`."""
-        condition = runs.c.status == "running"
-        if host is not None:
-            condition &= runs.c.host == host
-        with self._begin() as connection:
-            result = connection.execute(
-                update(runs)
-                .where(condition)
-                .values(
-                    status="abandoned",
-                    finished_at=self._clock.now(),
-                    error="the process running it stopped before it finished",
-                )
-            )
-
-        return result.rowcount or 0
-
     def recent_runs(
         self,
         *,

@@ -16,6 +16,7 @@ from job.errors import ConfigError, StorageError
 from job.source import content_hash
 from job.stats import RunStats
 from job.storage import engine as db
+from job.storage.history import abandon_runs
 from job.storage.store import Record, Store, Watermark
 from job.storage.tables import records, source_state
 
@@ -44,15 +45,18 @@ class TestRuns:
         assert (row["finished_at"] - row["started_at"]).total_seconds() == 5
         assert (row["pages"], row["records_seen"], row["inserted"]) == (2, 10, 10)
 
-    def test_running_runs_are_marked_abandoned(
+    def test_running_runs_of_one_source_are_marked_abandoned(
         self, engine: Engine, clock: FakeClock
     ) -> None:
-        """A run left `running` by a dead process becomes `abandoned`."""
+        """abandon_runs closes that source's `running` runs and no others."""
         store = Store(engine, clock)
         store.start_run("items", "schedule")
+        other = store.start_run("other", "schedule")
 
-        assert store.mark_abandoned() == 1
-        assert store.recent_runs()[0]["status"] == "abandoned"
+        assert abandon_runs(engine, clock, "items") == 1
+        statuses = {run["id"]: run["status"] for run in store.recent_runs()}
+        assert sorted(statuses.values()) == ["abandoned", "running"]
+        assert statuses[other] == "running"
 
 
 class TestWritePage:
