@@ -24,9 +24,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
 
 from job.errors import StorageError
 
@@ -59,9 +58,14 @@ class AdvisoryLocks:
     """PostgreSQL session-level advisory locks, one connection per held lock."""
 
     def __init__(self, engine: Engine) -> None:
-        # Its own connections, outside the pool the pulls write through, so
-        # N held locks never starve N writers; closed when the lock is let go.
-        self._engine = create_engine(engine.url, poolclass=NullPool)
+        # Its own pool, apart from the one the pulls write through, so N held
+        # locks never starve N writers. Connections are reused (a backfill
+        # takes a lock per window), and each one gives up every advisory lock
+        # it still has when it goes back to the pool.
+        self._engine = create_engine(
+            engine.url, pool_size=2, max_overflow=-1, pool_pre_ping=True
+        )
+        event.listen(self._engine, "reset", _unlock_all)
 
     @contextmanager
     def exclusive(self, name: str, *, wait: bool) -> Iterator[bool]:
@@ -89,6 +93,15 @@ class AdvisoryLocks:
             finally:
                 if held:
                     _unlock(connection, function, name)
+
+
+def _unlock_all(dbapi_connection: Any, _: Any, __: Any = None) -> None:
+    # A lock left by a failed unlock must not travel with a pooled connection.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SELECT pg_advisory_unlock_all()")
+    finally:
+        cursor.close()
 
 
 def _unlock(connection: Connection, function: str, name: str) -> None:

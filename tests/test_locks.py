@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from job.locks import FileLocks, NoLocks, locks_for
+from job.locks import AdvisoryLocks, FileLocks, NoLocks, locks_for
 from job.storage.engine import make_engine
 
 
@@ -67,3 +69,42 @@ class TestLockKinds:
     def test_an_in_memory_database_needs_no_lock(self) -> None:
         """Nobody else can see an in-memory database."""
         assert isinstance(locks_for(make_engine("sqlite://")), NoLocks)
+
+
+class TestAdvisoryLockConnections:
+    def test_window_after_window_reuses_connections_and_leaves_no_lock(
+        self, engine: Engine
+    ) -> None:
+        """Fifty windows in turn: a couple of sessions, and no advisory lock left."""
+        if engine.dialect.name != "postgresql":
+            pytest.skip("advisory locks are PostgreSQL's")
+        locks = locks_for(engine)
+        backends: set[int] = set()
+        probe = "SELECT pid FROM pg_locks WHERE locktype = 'advisory'"
+
+        for _ in range(50):
+            with locks.shared("items"), engine.connect() as connection:
+                backends.update(connection.execute(text(probe)).scalars())
+        with engine.connect() as connection:
+            left = connection.execute(text(probe)).all()
+
+        assert 1 <= len(backends) <= 2
+        assert left == []
+
+    def test_a_lock_whose_unlock_was_lost_goes_with_the_pooled_connection(
+        self, engine: Engine
+    ) -> None:
+        """A connection going back to the pool gives up every advisory lock."""
+        if engine.dialect.name != "postgresql":
+            pytest.skip("advisory locks are PostgreSQL's")
+        locks = locks_for(engine)
+        assert isinstance(locks, AdvisoryLocks)
+        with locks._engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(42)"))
+            connection.commit()
+
+        with engine.connect() as other:
+            free = other.execute(text("SELECT pg_try_advisory_lock(42)")).scalar()
+            other.execute(text("SELECT pg_advisory_unlock(42)"))
+
+        assert free is True
