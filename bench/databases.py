@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from job.storage import engine as db
+from job.storage import scratch
 
 POSTGRES_URL = os.environ.get(
     "JOB_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test"
@@ -64,14 +64,7 @@ class Database:
 
 def postgres_problem() -> str | None:
     """Why PostgreSQL cannot be used for benchmarks, or None when it can."""
-    engine = db.make_engine(POSTGRES_URL)
-    try:
-        with engine.connect():
-            return None
-    except Exception as exc:
-        return f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}"
-    finally:
-        engine.dispose()
+    return scratch.postgres_problem(POSTGRES_URL)
 
 
 @contextmanager
@@ -84,12 +77,8 @@ def fresh_database(kind: str, *, migrate: bool = True) -> Iterator[Database]:
             _migrate(database, migrate)
             yield database
         else:
-            with _schema() as schema:
-                url = make_url(POSTGRES_URL).update_query_dict(
-                    {"options": f"-csearch_path={schema}"}
-                )
-                url_text = url.render_as_string(hide_password=False)
-                database = Database(kind, url_text, folder, schema)
+            with scratch.scratch_schema(POSTGRES_URL, "bench") as (schema, url):
+                database = Database(kind, url, folder, schema)
                 _migrate(database, migrate)
                 yield database
     finally:
@@ -104,17 +93,3 @@ def _migrate(database: Database, migrate: bool) -> None:
         db.upgrade(engine)
     finally:
         engine.dispose()
-
-
-@contextmanager
-def _schema() -> Iterator[str]:
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = db.make_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()

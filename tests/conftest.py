@@ -5,18 +5,17 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
-from sqlalchemy import text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from job.clock import FakeClock
 from job.sandbox import SandboxServer, SandboxSettings
 from job.storage import engine as db
+from job.storage.scratch import postgres_problem, scratch_schema
 from tests.factories import SANDBOX_SECRET
 from tests.leaks import LeakWatch
 from tests.processes import Job
@@ -30,14 +29,7 @@ REQUIRE_POSTGRES = os.environ.get("JOB_REQUIRE_POSTGRES") == "1"
 
 @functools.cache
 def _postgres_problem() -> str | None:
-    engine = db.make_engine(POSTGRES_URL)
-    try:
-        with engine.connect():
-            return None
-    except Exception as exc:
-        return f"PostgreSQL at {POSTGRES_URL} is not usable: {exc}"
-    finally:
-        engine.dispose()
+    return postgres_problem(POSTGRES_URL)
 
 
 @pytest.fixture(
@@ -53,19 +45,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         pytest.fail(problem)
     if problem:
         pytest.skip(problem)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = db.make_engine(POSTGRES_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(POSTGRES_URL).update_query_dict(
-        {"options": f"-csearch_path={schema}"}
-    )
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with scratch_schema(POSTGRES_URL, "t") as (_, url):
+        yield url
 
 
 @pytest.fixture
