@@ -140,7 +140,6 @@ class TokenManager(AuthBase):
         self._token: Token | None = None
         self._warned_no_lifetime = False
         self._signer = AssertionSigner(provider, clock)
-        self.requests_made = 0
         # The last permanent refusal, until a token is obtained again; the
         # daemon reads it to back off between runs instead of hammering.
         self.permanent_failure: PermanentAuthError | None = None
@@ -327,7 +326,6 @@ class TokenManager(AuthBase):
             reason=reason,
             attempt=attempt,
         )
-        self.requests_made += 1
         current_stats().token_requests += 1
         response = self._post(headers, data)
         requested_at = self._clock.now()
