@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -23,11 +24,19 @@ from job.storage.tables import records, runs, source_state
 
 @dataclass(frozen=True)
 class Record:
-    """A record ready to store: its key, its content, and a hash of that content."""
+    """A record ready to store: its key, its content, and a hash of that content.
+
+    The JSON text that gets stored is made with the record, so that the
+    pipeline's read-ahead thread does it rather than the one that writes.
+    """
 
     key: str
     payload: Any
     content_hash: str
+    payload_json: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payload_json", orjson.dumps(self.payload).decode())
 
 
 @dataclass(frozen=True)
@@ -147,9 +156,11 @@ class Store:
                 update(runs).where(runs.c.id == run_id).values(**after.as_dict())
             )
         # Only a committed page counts: a page rolled back and retried must
-        # not be counted twice.
-        for name, value in after.as_dict().items():
-            setattr(stats, name, value)
+        # not be counted twice. Only the page's own counters are copied back:
+        # the others (retries, token requests) may move meanwhile on the
+        # thread that fetches the next page.
+        for name in PAGE_COUNTERS:
+            setattr(stats, name, getattr(after, name))
 
         return counts
 
@@ -219,6 +230,9 @@ class Store:
 
     def _connect(self) -> Any:
         return _Guard(self.engine, begin=False)
+
+
+PAGE_COUNTERS = ("pages", "records_seen", "inserted", "updated", "unchanged")
 
 
 def _counted(stats: RunStats, counts: PageCounts, seen: int) -> RunStats:

@@ -189,6 +189,22 @@ class TestWritePage:
         assert (row["pages"], row["records_seen"]) == (2, 4)
         assert (row["inserted"], row["unchanged"]) == (3, 1)
 
+    def test_counts_made_elsewhere_during_a_write_are_kept(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """A retry counted by the read-ahead thread mid-write is not overwritten."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        stats = RunStats(retries=1)
+
+        def fetch_retried(*_: Any) -> None:
+            stats.retries += 1
+
+        event.listen(engine, "before_cursor_execute", fetch_retried, once=True)
+        store.write_page(run, "items", [record(1)], stats)
+
+        assert (stats.pages, stats.inserted, stats.retries) == (1, 1, 2)
+
 
 class TestSchema:
     def test_an_empty_database_says_to_upgrade(self, database_url: str) -> None:
