@@ -5,8 +5,11 @@ The daemon, `job once` and the backfill all run pulls through `Pipeline.pull`.
 
 from __future__ import annotations
 
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -36,6 +39,7 @@ from job.storage.store import Record, Store, Watermark
 log = structlog.get_logger("job.pipeline")
 
 T = TypeVar("T")
+_END: Any = object()
 
 
 @dataclass(frozen=True)
@@ -179,28 +183,48 @@ class Pipeline:
         stats: RunStats,
         window: tuple[datetime, datetime] | None,
     ) -> None:
+        prepared = self._prepared_pages(source, window)
+        with closing(read_ahead(prepared)) as pages:
+            for page, batch, mark in pages:
+                self._store_page(source, run_id, stats, page, batch, mark)
+
+    def _store_page(
+        self,
+        source: SourceSettings,
+        run_id: int,
+        stats: RunStats,
+        page: Page,
+        batch: list[Record],
+        mark: Watermark | None,
+    ) -> None:
+        self._check_stop()
+        counts = self._stored(
+            "write_page",
+            partial(self.store.write_page, run_id, source.name, batch, stats, mark),
+        )
+        log.debug(
+            "page.stored",
+            page=page.number,
+            records=len(page.records),
+            inserted=counts.inserted,
+            updated=counts.updated,
+            unchanged=counts.unchanged,
+        )
+        self._check_stop()
+
+    def _prepared_pages(
+        self, source: SourceSettings, window: tuple[datetime, datetime] | None
+    ) -> Generator[tuple[Page, list[Record], Watermark | None], None, None]:
+        """Every page fetched, its records keyed and hashed, and the watermark."""
         reader = self._reader(source)
         params, watermark = self._start_params(source, window)
         pulled_at = self._clock.now()
         for page in reader.pages(params):
-            self._check_stop()
             batch = self._records(source, page, pulled_at)
             if source.incremental is not None and window is None:
                 watermark = _advance(watermark, page, source.incremental.cursor)
             mark = Watermark(watermark.text(), watermark.kind) if watermark else None
-            counts = self._stored(
-                "write_page",
-                partial(self.store.write_page, run_id, source.name, batch, stats, mark),
-            )
-            log.debug(
-                "page.stored",
-                page=page.number,
-                records=len(page.records),
-                inserted=counts.inserted,
-                updated=counts.updated,
-                unchanged=counts.unchanged,
-            )
-            self._check_stop()
+            yield page, batch, mark
 
     def _reader(self, source: SourceSettings) -> SourceReader:
         client = HttpClient(
@@ -265,6 +289,33 @@ class Pipeline:
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise RunInterrupted("asked to stop; the pages stored so far are kept")
+
+
+def read_ahead(items: Generator[T, None, None]) -> Generator[T, None, None]:
+    """`items`, the next one made on a worker thread while the caller uses this one.
+
+    A pull alternates Python work (fetch, decode, key and hash a page) with
+    waiting for the database to merge the previous page. Each page is made
+    in a copy of the caller's context, so log fields and the run's counters
+    carry over; pages still come in order, one at a time, and an error
+    raised while making one comes out in its place. When the caller stops
+    early, the page being made is finished and dropped.
+    """
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(1, "read-ahead") as worker:
+        try:
+            upcoming = worker.submit(context.run, _step, items)
+            while (item := upcoming.result()) is not _END:
+                upcoming = worker.submit(context.run, _step, items)
+                yield item
+        finally:
+            # After the last page this is a no-op; after an early stop it lets
+            # the generator's own cleanup run, on the thread that ran it.
+            worker.submit(context.run, items.close)
+
+
+def _step(items: Iterator[T]) -> T:
+    return next(items, _END)
 
 
 def _advance(

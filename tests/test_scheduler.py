@@ -244,7 +244,7 @@ class TestDaemon:
         assert late.status == "failed"
         assert "timed out after 0.2 s" in (late.error or "")
         runs = daemon.pipeline.store.recent_runs()
-        assert [run["status"] for run in runs] == ["succeeded", "failed"]
+        assert [run["status"] for run in runs] == ["succeeded", "failed"], runs
         assert "timed out" in runs[1]["error"]
         assert [e["source"] for e in captured if e["event"] == "run.timed_out"] == [
             "items"
