@@ -133,9 +133,10 @@ def faulty_pipeline(
     seen = {"pages": 0}
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # The first statement of every page: looking up the stored hashes
-        # (SQLite) or making sure the staging table is there (PostgreSQL).
-        if statement.startswith(_FIRST_OF_A_PAGE):
+        # Once per page: looking up the stored hashes (SQLite, before any
+        # write), or moving the run's counters (PostgreSQL, after the merge,
+        # so the merged rows must go with the rollback).
+        if statement.startswith(_ONCE_A_PAGE[engine.dialect.name]):
             seen["pages"] += 1
             if seen["pages"] in pages:
                 saboteur.strike(conn.connection.dbapi_connection)
@@ -145,10 +146,10 @@ def faulty_pipeline(
     return pipeline
 
 
-_FIRST_OF_A_PAGE = (
-    "SELECT record_key, content_hash FROM records",
-    "CREATE TEMPORARY TABLE IF NOT EXISTS job_page_stage",
-)
+_ONCE_A_PAGE = {
+    "sqlite": "SELECT record_key, content_hash FROM records",
+    "postgresql": "UPDATE runs SET pages=",
+}
 
 
 class TestDatabaseFaults:

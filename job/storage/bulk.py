@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -79,6 +78,20 @@ def _bound_time(connection: Connection, now: datetime) -> Any:
 # PostgreSQL
 
 
+def create_stage(cursor: Any) -> None:
+    """Make the session's stage table; `make_engine` does it on each new connection.
+
+    Temporary, so it lives as long as the database session and no longer;
+    its rows never outlive the page's transaction (deleted at commit, or
+    gone with the rollback of a failed page). Made once per session rather
+    than per page: it costs a round trip and a catalog lookup every time.
+    """
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (record_key text NOT NULL, "
+        "payload jsonb NOT NULL, content_hash text NOT NULL) ON COMMIT DELETE ROWS"
+    )
+
+
 def _upsert_postgresql(
     connection: Connection,
     source: str,
@@ -86,13 +99,6 @@ def _upsert_postgresql(
     page: Sequence[Record],
     now: datetime,
 ) -> tuple[int, int]:
-    # The stage lives as long as the database session; rows never outlive
-    # the page (TRUNCATE, or the rollback of a failed page). Created through
-    # SQLAlchemy, so that its errors and events are the usual ones.
-    connection.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
-        "(record_key text NOT NULL, payload jsonb NOT NULL, content_hash text NOT NULL)"
-    )
     dbapi_error = connection.dialect.loaded_dbapi.Error
     raw = connection.connection.driver_connection
     assert raw is not None
@@ -115,8 +121,7 @@ def _merge_staged(
 ) -> list[bool]:
     with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
         for record in page:
-            payload = orjson.dumps(record.payload).decode()
-            copy.write_row((record.key, payload, record.content_hash))
+            copy.write_row((record.key, record.payload_json, record.content_hash))
     cursor.execute(
         # Only module constants are formatted in; values are parameters.
         "INSERT INTO records (source, record_key, payload, content_hash, "  # noqa: S608
@@ -125,10 +130,8 @@ def _merge_staged(
         f"%(run_id)s FROM {_STAGE} {_UPDATE_CHANGED} RETURNING (xmax = 0)",
         {"source": source, "now": stamp, "run_id": run_id},
     )
-    fresh = [bool(row[0]) for row in cursor.fetchall()]
-    cursor.execute(f"TRUNCATE {_STAGE}")
 
-    return fresh
+    return [bool(row[0]) for row in cursor.fetchall()]
 
 
 # SQLite
@@ -155,7 +158,7 @@ def _upsert_sqlite(
                 (
                     source,
                     record.key,
-                    orjson.dumps(record.payload).decode(),
+                    record.payload_json,
                     record.content_hash,
                     stamp,
                     stamp,
