@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from job.errors import StorageError
+from job.storage.engine import ping_when_idle
 
 _KEY = "hashtextextended(current_schema() || '/job/' || :name, 0)"
 
@@ -61,10 +62,14 @@ class AdvisoryLocks:
         # Its own pool, apart from the one the pulls write through, so N held
         # locks never starve N writers. Connections are reused (a backfill
         # takes a lock per window), and each one gives up every advisory lock
-        # it still has when it goes back to the pool.
+        # it holds when it goes back to the pool: that is how a lock is
+        # released. Session locks need no transaction, so the connections
+        # run in autocommit: one round trip to take a lock, one to give it up,
+        # and no session left idle in a transaction between windows.
         self._engine = create_engine(
-            engine.url, pool_size=2, max_overflow=-1, pool_pre_ping=True
+            engine.url, pool_size=2, max_overflow=-1, isolation_level="AUTOCOMMIT"
         )
+        ping_when_idle(self._engine)
         event.listen(self._engine, "reset", _unlock_all)
 
     @contextmanager
@@ -86,30 +91,16 @@ class AdvisoryLocks:
             )
             value = result.scalar()
             # Only the try_ functions answer; the others return once held.
-            held = bool(value) if function.startswith("pg_try_") else True
-            connection.commit()
-            try:
-                yield held
-            finally:
-                if held:
-                    _unlock(connection, function, name)
+            yield bool(value) if function.startswith("pg_try_") else True
 
 
 def _unlock_all(dbapi_connection: Any, _: Any, __: Any = None) -> None:
-    # A lock left by a failed unlock must not travel with a pooled connection.
+    # Every return to the pool: no lock travels with a pooled connection.
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("SELECT pg_advisory_unlock_all()")
     finally:
         cursor.close()
-
-
-def _unlock(connection: Connection, function: str, name: str) -> None:
-    unlock = (
-        "pg_advisory_unlock_shared" if "shared" in function else "pg_advisory_unlock"
-    )
-    connection.execute(text(f"SELECT {unlock}({_KEY})"), {"name": name})
-    connection.commit()
 
 
 class FileLocks:

@@ -89,7 +89,7 @@ def _tune_sqlite(engine: Engine, busy_timeout_s: float) -> None:
 
 
 def _tune_postgresql(engine: Engine, busy_timeout_s: float) -> None:
-    _ping_when_idle(engine)
+    ping_when_idle(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _: Any) -> None:
@@ -102,7 +102,7 @@ def _tune_postgresql(engine: Engine, busy_timeout_s: float) -> None:
         dbapi_connection.commit()
 
 
-def _ping_when_idle(engine: Engine) -> None:
+def ping_when_idle(engine: Engine) -> None:
     """Check a pooled connection before handing it out, if it sat unused a while.
 
     SQLAlchemy's `pool_pre_ping` checks on every checkout, which costs a
