@@ -37,7 +37,8 @@ def lookup(document: Any, path: str) -> Any:
     """The value at a dotted `path` (`data.items`, `owner.id`), or `_MISSING`."""
     value = document
     for part in path.split("."):
-        if isinstance(value, Mapping) and part in value:
+        # dict before the ABC: the usual case, and far cheaper to test.
+        if isinstance(value, (dict, Mapping)) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.lstrip("-").isdigit():
             index = int(part)
