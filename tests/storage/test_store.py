@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,38 @@ class TestWritePage:
         row = store.recent_runs()[0]
         assert (row["pages"], row["records_seen"]) == (2, 4)
         assert (row["inserted"], row["unchanged"]) == (3, 1)
+
+    @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+    def test_sqlite_writers_of_one_process_take_turns(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """Backfill threads queue in the process, never in SQLite's busy handler."""
+        store = Store(engine, clock)
+        runs = [store.start_run("items", "backfill") for _ in range(8)]
+        inside = {"now": 0, "most": 0}
+
+        def began(*_: Any) -> None:
+            inside["now"] += 1
+            inside["most"] = max(inside["most"], inside["now"])
+
+        def ended(*_: Any) -> None:
+            inside["now"] -= 1
+
+        event.listen(engine, "begin", began)
+        event.listen(engine, "commit", ended)
+
+        def write(worker: int) -> None:
+            stats = RunStats()
+            for page in range(10):
+                first = (worker * 10 + page) * 20
+                batch = [record(key) for key in range(first, first + 20)]
+                store.write_page(runs[worker], "items", batch, stats)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(write, range(8)))
+
+        assert inside["most"] == 1
+        assert store.count_records("items") == 8 * 10 * 20
 
     def test_counts_made_elsewhere_during_a_write_are_kept(
         self, engine: Engine, clock: FakeClock
