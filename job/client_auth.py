@@ -19,17 +19,19 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from joserfc import jwk, jwt
 
 from job.clock import Clock
 from job.config import ProviderSettings
 from job.errors import ConfigError
+
+if TYPE_CHECKING:
+    from joserfc import jwk
+
+# cryptography and joserfc are imported where a key or certificate is read:
+# together they add about 10 MB to every job process, and only providers
+# using private_key_jwt or a client certificate need them.
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
@@ -84,6 +86,8 @@ class AssertionSigner:
             **self._thumbprints(),
         }
 
+        from joserfc import jwt
+
         return jwt.encode(header, claims, key, algorithms=[algorithm])
 
     def key_id(self) -> str:
@@ -119,6 +123,9 @@ class AssertionSigner:
 
 def load_signing_key(provider: ProviderSettings) -> tuple[jwk.Key, str]:
     """The JWK and JWS algorithm for the provider's PEM private key file."""
+    from cryptography.hazmat.primitives import serialization
+    from joserfc import jwk
+
     path = provider.private_key_file
     if path is None:
         raise ConfigError(f"provider {provider.name!r}: private_key_jwt needs a key")
@@ -138,6 +145,9 @@ def load_signing_key(provider: ProviderSettings) -> tuple[jwk.Key, str]:
 
 def certificate_thumbprints(pem: bytes, name: str, path: Path) -> dict[str, str]:
     """`x5t` and `x5t#S256` (RFC 7515 4.1.7-8) of a PEM certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         der = x509.load_pem_x509_certificate(pem).public_bytes(
             serialization.Encoding.DER
@@ -158,6 +168,8 @@ def _b64url(data: bytes) -> str:
 
 
 def _algorithm_for(private: Any, name: str, path: Path) -> tuple[KeyType, str]:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if isinstance(private, rsa.RSAPrivateKey):
         return "RSA", "RS256"
     if isinstance(private, ec.EllipticCurvePrivateKey):
