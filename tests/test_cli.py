@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 from job.sandbox import SandboxServer
 from tests.leaks import LeakWatch
@@ -140,3 +141,19 @@ class TestCommands:
         names = {line["event"] for line in lines}
         assert {"run.started", "token.acquired", "run.finished"} <= names
         assert any(line.get("logger", "").startswith("urllib3") for line in lines)
+
+
+class TestStartUp:
+    def test_commands_load_neither_the_sandbox_nor_cryptography(self) -> None:
+        """Only `job sandbox` and key-based client auth pay for those libraries."""
+        probe = (
+            "import sys, job.cli; "
+            "print(sorted(m for m in ('flask', 'authlib', 'cryptography', 'joserfc') "
+            "if m in sys.modules))"
+        )
+
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+
+        assert done.stdout.strip() == "[]"
