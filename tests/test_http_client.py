@@ -171,3 +171,35 @@ class TestMasking:
 
         assert "abc123" not in raised.value.message
         assert "access_token=***" in raised.value.message
+
+
+class TestEnvironment:
+    def test_a_proxy_from_the_environment_is_used(
+        self, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """HTTP_PROXY is honoured (here a closed port, so the request fails)."""
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+
+        with (
+            listening(answers()) as api,
+            pytest.raises(TransientFetchError, match="connection failed"),
+        ):
+            client(clock, max_attempts=1).get(api.url + "/data")
+
+        assert api.seen == []
+
+    def test_no_proxy_sends_the_request_straight_to_the_api(
+        self, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """NO_PROXY, read once per origin, still applies to every page."""
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        api_client = client(clock)
+
+        with listening(answers()) as api:
+            for page in range(3):
+                api_client.get(api.url + "/data", params={"page": str(page)})
+
+        assert len(api.seen) == 3
