@@ -92,7 +92,7 @@ class Store:
             "window_start": window[0] if window else None,
             "window_end": window[1] if window else None,
         }
-        with self._begin() as connection:
+        with self._single() as connection:
             result = connection.execute(runs.insert(), values)
             (run_id,) = result.inserted_primary_key or (None,)
         assert run_id is not None, "the database returned no id for the new run"
@@ -109,7 +109,7 @@ class Store:
             "new_error": error,
             **_counters(stats),
         }
-        with self._begin() as connection:
+        with self._single() as connection:
             connection.execute(_FINISH_RUN, {"run": run_id, **values})
 
     def recent_runs(
@@ -232,6 +232,12 @@ class Store:
     def _begin(self) -> Iterator[Connection]:
         with self._writers, _Guard(self.engine, begin=True) as connection:
             yield connection
+
+    @contextmanager
+    def _single(self) -> Iterator[Connection]:
+        """For one statement, which commits itself: no BEGIN and COMMIT trips."""
+        with self._writers, _Guard(self.engine, begin=False) as connection:
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
     def _connect(self) -> Any:
         return _Guard(self.engine, begin=False)
