@@ -184,7 +184,13 @@ class Pipeline:
         window: tuple[datetime, datetime] | None,
     ) -> None:
         prepared = self._prepared_pages(source, window)
-        with closing(read_ahead(prepared)) as pages:
+        # Overlap pays where the database works in a process of its own while
+        # this one computes (PostgreSQL). SQLite writes in this process, under
+        # the same GIL: a second thread there only adds hand-offs, and made
+        # `job once` about 10 % slower.
+        if self.store.engine.dialect.name != "sqlite":
+            prepared = read_ahead(prepared)
+        with closing(prepared) as pages:
             for page, batch, mark in pages:
                 self._store_page(source, run_id, stats, page, batch, mark)
 
