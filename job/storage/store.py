@@ -28,8 +28,8 @@ from job.storage.tables import records, runs, source_state
 class Record:
     """A record ready to store: its key, its content, and a hash of that content.
 
-    The JSON text that gets stored is made with the record, so that the
-    pipeline's read-ahead thread does it rather than the one that writes.
+    The JSON text that gets stored is made with the record, so that on
+    PostgreSQL the pipeline's read-ahead thread does it, not the writer.
     """
 
     key: str
