@@ -189,10 +189,12 @@ class Pipeline:
         # the same GIL: a second thread there only adds hand-offs, and made
         # `job once` about 10 % slower.
         if self.store.engine.dialect.name != "sqlite":
-            prepared = read_ahead(prepared)
+            prepared = read_ahead(prepared, self.stop)
         with closing(prepared) as pages:
             for page, batch, mark in pages:
                 self._store_page(source, run_id, stats, page, batch, mark)
+        # The read-ahead ends early once asked to stop; that is no success.
+        self._check_stop()
 
     def _store_page(
         self,
@@ -297,21 +299,28 @@ class Pipeline:
             raise RunInterrupted("asked to stop; the pages stored so far are kept")
 
 
-def read_ahead(items: Generator[T, None, None]) -> Generator[T, None, None]:
+def read_ahead(
+    items: Generator[T, None, None], stop: threading.Event
+) -> Generator[T, None, None]:
     """`items`, the next one made on a worker thread while the caller uses this one.
 
     A pull alternates Python work (fetch, decode, key and hash a page) with
     waiting for the database to merge the previous page. Each page is made
     in a copy of the caller's context, so log fields and the run's counters
     carry over; pages still come in order, one at a time, and an error
-    raised while making one comes out in its place. When the caller stops
-    early, the page being made is finished and dropped.
+    raised while making one comes out in its place. Once `stop` is set no
+    further page is asked for, so a stop waits for one fetch at most; when
+    the caller stops early, the page being made is finished and dropped.
     """
     context = contextvars.copy_context()
     with ThreadPoolExecutor(1, "read-ahead") as worker:
         try:
             upcoming = worker.submit(context.run, _step, items)
             while (item := upcoming.result()) is not _END:
+                if stop.is_set():
+                    # The caller sees the stop and ends the run at this item.
+                    yield item
+                    return
                 upcoming = worker.submit(context.run, _step, items)
                 yield item
         finally:

@@ -17,7 +17,9 @@ WHO = contextvars.ContextVar("who", default="nobody")
 class TestReadAhead:
     def test_items_come_in_order_and_all_of_them(self) -> None:
         """Nothing is reordered, lost or repeated."""
-        assert list(read_ahead(item for item in range(50))) == list(range(50))
+        assert list(
+            read_ahead((item for item in range(50)), threading.Event())
+        ) == list(range(50))
 
     def test_the_next_item_is_made_while_the_caller_holds_this_one(self) -> None:
         """The overlap that the pipeline is for: item 2 is made during item 1."""
@@ -29,7 +31,7 @@ class TestReadAhead:
             yield 2
 
         got = []
-        for item in read_ahead(items()):
+        for item in read_ahead(items(), threading.Event()):
             if item == 1:
                 # Serial code would only make item 2 after this returns.
                 assert second_made.wait(timeout=10)
@@ -47,7 +49,7 @@ class TestReadAhead:
 
         got = []
         with pytest.raises(ValueError, match="page 3 broke"):
-            for item in read_ahead(items()):
+            for item in read_ahead(items(), threading.Event()):
                 got.append(item)
 
         assert got == [1, 2]
@@ -65,7 +67,7 @@ class TestReadAhead:
             finally:
                 cleaned_up.set()
 
-        with closing(read_ahead(items())) as ahead:
+        with closing(read_ahead(items(), threading.Event())) as ahead:
             for item in ahead:
                 if item == 3:
                     break
@@ -82,6 +84,23 @@ class TestReadAhead:
 
         token = WHO.set("the run")
         try:
-            assert list(read_ahead(items())) == ["the run"]
+            assert list(read_ahead(items(), threading.Event())) == ["the run"]
         finally:
             WHO.reset(token)
+
+    def test_once_stopped_no_further_item_is_asked_for(self) -> None:
+        """A stop during a slow fetch waits for that fetch only, not the next."""
+        stop = threading.Event()
+        made = []
+
+        def items() -> Generator[int, None, None]:
+            for item in range(100):
+                made.append(item)
+                if item == 2:
+                    stop.set()
+                yield item
+
+        got = list(read_ahead(items(), stop))
+
+        assert got == [0, 1, 2]
+        assert made == [0, 1, 2]
