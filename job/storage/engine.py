@@ -105,9 +105,9 @@ def _tune_postgresql(engine: Engine, busy_timeout_s: float) -> None:
 def ping_when_idle(engine: Engine) -> None:
     """Check a pooled connection before handing it out, if it sat unused a while.
 
-    SQLAlchemy's `pool_pre_ping` checks on every checkout, which costs a
-    page a round trip and a transaction of its own (a third of the write
-    time in a profile of `job once`). A connection handed back and forth
+    SQLAlchemy's `pool_pre_ping` checks on every checkout, which costs
+    every page a round trip and a transaction of its own, each waiting for
+    the GIL on its way back. A connection handed back and forth
     between the pages of a pull is known good; one that sat idle may have
     been dropped by a server restart or a proxy, and is replaced here. A
     connection lost mid-pull fails its statement, and the page is retried

@@ -67,7 +67,7 @@ class Store:
         # SQLite takes one writer at a time. The threads of a backfill queue
         # here and go on the moment the last one commits, instead of meeting
         # the database's lock and sleeping in its busy handler (1, 2, 5, 10 ms
-        # and more), or failing when their read snapshot went stale in WAL.
+        # and more).
         self._writers: AbstractContextManager[Any] = (
             threading.Lock() if is_sqlite else nullcontext()
         )
