@@ -162,7 +162,7 @@ class Store:
         # not be counted twice. Only the page's own counters are copied back:
         # the others (retries, token requests) may move meanwhile on the
         # thread that fetches the next page.
-        for name in PAGE_COUNTERS:
+        for name in _PAGE_COUNTERS:
             setattr(stats, name, getattr(after, name))
 
         return counts
@@ -243,7 +243,7 @@ class Store:
         return _Guard(self.engine, begin=False)
 
 
-PAGE_COUNTERS = ("pages", "records_seen", "inserted", "updated", "unchanged")
+_PAGE_COUNTERS = ("pages", "records_seen", "inserted", "updated", "unchanged")
 
 # Statements that run for every page and run, built once. Parameters are
 # named new_<column>, as SQLAlchemy keeps plain column names for itself.

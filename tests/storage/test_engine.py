@@ -36,12 +36,12 @@ class TestIdleConnections:
     ) -> None:
         """A server that dropped a pooled connection costs no failed statement."""
         first = backend_pid(engine)
-        with db.make_engine(
-            engine.url.render_as_string(hide_password=False)
-        ).connect() as admin:
-            admin.execute(
+        admin = db.make_engine(engine.url.render_as_string(hide_password=False))
+        with admin.connect() as connection:
+            connection.execute(
                 text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": first}
             )
+        admin.dispose()
         monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
 
         second = backend_pid(engine)
