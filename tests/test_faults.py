@@ -133,9 +133,9 @@ def faulty_pipeline(
     seen = {"pages": 0}
 
     def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # Once per page: looking up the stored hashes (SQLite, before any
-        # write), or moving the run's counters (PostgreSQL, after the merge,
-        # so the merged rows must go with the rollback).
+        # Once per page: looking up the stored hashes (SQLite, the first
+        # statement of the page's transaction), or the page's one statement
+        # (PostgreSQL: records, run counters and watermark together).
         if statement.startswith(_ONCE_A_PAGE[engine.dialect.name]):
             seen["pages"] += 1
             if seen["pages"] in pages:
@@ -148,7 +148,7 @@ def faulty_pipeline(
 
 _ONCE_A_PAGE = {
     "sqlite": "SELECT record_key, content_hash FROM records",
-    "postgresql": "UPDATE runs SET pages=",
+    "postgresql": "WITH merged AS (INSERT INTO records",
 }
 
 

@@ -1,6 +1,6 @@
 """The fast path of storing a page: one bulk upsert per page, counted by the database.
 
-`Store.write_page` hands each page here, inside its transaction. Profiling
+`Store.write_page` hands each page here. Profiling
 `job once` showed SQLAlchemy's per-row bind processing (two datetimes and a
 JSON value per record) as the largest cost on SQLite, and the lookup of known
 hashes (one ``IN (...)`` query per page, which PostgreSQL plans as a scan of
@@ -9,10 +9,13 @@ a freshly loaded table) as the largest on PostgreSQL. So:
 - values that are the same for the whole page (source, timestamps, run id)
   are rendered once, payloads are serialised with orjson, and rows go to the
   driver as plain tuples;
-- on PostgreSQL the page is ``COPY``-ed into a temporary table and merged
-  with one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... RETURNING``,
-  whose rows tell inserted from updated (``xmax = 0`` on a fresh tuple), so
-  no lookup is needed;
+- on PostgreSQL the page goes to the server as one JSON parameter and is
+  merged with one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ...
+  RETURNING``, whose rows tell inserted from updated (``xmax = 0`` on a
+  fresh tuple), so no lookup is needed; the run's counters and the
+  watermark move in the same statement, which is the page's whole
+  transaction (one round trip per page: each one waits for the GIL on its
+  way back, which is what a backfill's threads queue on);
 - on SQLite the known hashes are read first (an index lookup there), and
   only new or changed records are written.
 
@@ -26,19 +29,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
+from job.stats import RunStats
 from job.storage.tables import records
 
 if TYPE_CHECKING:
-    from job.storage.store import Record
+    from job.storage.store import Record, Watermark
 
 # Keys per IN (...) lookup: well under SQLite's variable limit.
 _CHUNK = 500
 
-_STAGE = "job_page_stage"
-_STAGE_COLUMNS = "record_key, payload, content_hash"
 _UPDATE_CHANGED = (
     "ON CONFLICT (source, record_key) DO UPDATE SET "
     "payload = excluded.payload, content_hash = excluded.content_hash, "
@@ -77,19 +79,82 @@ def _bound_time(connection: Connection, now: datetime) -> Any:
 
 # PostgreSQL
 
+# The page travels as one JSON array of {"k": key, "h": hash, "p": payload},
+# unpacked by the server: one parameter, no COPY and no staging table. (A
+# text[] parameter per column costs more: psycopg quotes each element with
+# a regular expression, which took longer than the whole merge.) Only module
+# constants are formatted into these statements; values are parameters.
+_PG_MERGE = (
+    "INSERT INTO records (source, record_key, payload, content_hash, "  # noqa: S608
+    "first_seen_at, last_seen_at, run_id) "
+    "SELECT %(source)s, k, coalesce(p::jsonb, 'null'), h, %(now)s, %(now)s, "
+    "%(run_id)s "
+    "FROM json_to_recordset(%(page)s::json) AS page(k text, p json, h text) "
+    f"{_UPDATE_CHANGED} RETURNING (xmax = 0) AS fresh"
+)
+_PG_COUNTED = (
+    "SELECT count(*) FILTER (WHERE fresh) AS inserted, "
+    "count(*) FILTER (WHERE NOT fresh) AS updated FROM merged"
+)
+_PG_COUNT_RUN = (
+    "UPDATE runs SET pages = %(run_pages)s + 1, "
+    "records_seen = %(run_records_seen)s + %(seen)s, "
+    "inserted = %(run_inserted)s + counted.inserted, "
+    "updated = %(run_updated)s + counted.updated, "
+    "unchanged = %(run_unchanged)s + %(distinct)s - counted.inserted "
+    "- counted.updated, retries = %(run_retries)s, "
+    "rate_limit_waits = %(run_rate_limit_waits)s, "
+    "token_requests = %(run_token_requests)s "
+    "FROM counted WHERE runs.id = %(run_id)s"
+)
+_PG_SAVE_MARK = (
+    "INSERT INTO source_state (source, cursor_value, cursor_kind, updated_at, "
+    "run_id) VALUES (%(source)s, %(mark_value)s, %(mark_kind)s, %(now)s, "
+    "%(run_id)s) ON CONFLICT (source) DO UPDATE SET "
+    "cursor_value = excluded.cursor_value, cursor_kind = excluded.cursor_kind, "
+    "updated_at = excluded.updated_at, run_id = excluded.run_id"
+)
+_PG_PARTS = f"WITH merged AS ({_PG_MERGE}), counted AS ({_PG_COUNTED})"
+_PG_COUNTS = " SELECT inserted, updated FROM counted"
+_PG_UPSERT = _PG_PARTS + _PG_COUNTS
+_PG_WRITE_PAGE = f"{_PG_PARTS}, run AS ({_PG_COUNT_RUN}){_PG_COUNTS}"
+_PG_WRITE_PAGE_AND_MARK = (
+    f"{_PG_PARTS}, run AS ({_PG_COUNT_RUN}), mark AS ({_PG_SAVE_MARK}){_PG_COUNTS}"
+)
 
-def create_stage(cursor: Any) -> None:
-    """Make the session's stage table; `make_engine` does it on each new connection.
 
-    Temporary, so it lives as long as the database session and no longer;
-    its rows never outlive the page's transaction (deleted at commit, or
-    gone with the rollback of a failed page). Made once per session rather
-    than per page: it costs a round trip and a catalog lookup every time.
+def write_page_postgresql(
+    connection: Connection,
+    source: str,
+    run_id: int,
+    page: Sequence[Record],
+    now: datetime,
+    *,
+    run_before: RunStats,
+    seen: int,
+    watermark: Watermark | None = None,
+) -> tuple[int, int]:
+    """Upsert a page, add it to the run's counters, and move the watermark.
+
+    One statement does all three (the run's row and the watermark as parts
+    of the same `WITH`), so on an autocommitted connection it is the page's
+    whole transaction: one round trip per page, and all of it or none is
+    stored. `run_before` are the run's counters before this page, `seen` the
+    page's records before duplicate keys were dropped.
     """
-    cursor.execute(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (record_key text NOT NULL, "
-        "payload jsonb NOT NULL, content_hash text NOT NULL) ON COMMIT DELETE ROWS"
+    parameters = _page_parameters(connection, source, run_id, page, now)
+    parameters.update(
+        {f"run_{name}": value for name, value in run_before.as_dict().items()},
+        seen=seen,
+        distinct=len(page),
     )
+    statement = _PG_WRITE_PAGE
+    if watermark is not None:
+        statement = _PG_WRITE_PAGE_AND_MARK
+        parameters.update(mark_value=watermark.value, mark_kind=watermark.kind)
+    inserted, updated = connection.exec_driver_sql(statement, parameters).one()
+
+    return int(inserted), int(updated)
 
 
 def _upsert_postgresql(
@@ -99,39 +164,35 @@ def _upsert_postgresql(
     page: Sequence[Record],
     now: datetime,
 ) -> tuple[int, int]:
-    dbapi_error = connection.dialect.loaded_dbapi.Error
-    raw = connection.connection.driver_connection
-    assert raw is not None
-    try:
-        with raw.cursor() as cursor:
-            fresh = _merge_staged(
-                cursor, source, run_id, page, _bound_time(connection, now)
-            )
-    except dbapi_error as exc:
-        # Driver errors raised outside SQLAlchemy, wrapped as it would, so the
-        # Store turns them into a StorageError like any other.
-        raise DBAPIError.instance(None, None, exc, dbapi_error) from exc
-    inserted = sum(fresh)
+    parameters = _page_parameters(connection, source, run_id, page, now)
+    inserted, updated = connection.exec_driver_sql(_PG_UPSERT, parameters).one()
 
-    return inserted, len(fresh) - inserted
+    return int(inserted), int(updated)
 
 
-def _merge_staged(
-    cursor: Any, source: str, run_id: int, page: Sequence[Record], stamp: Any
-) -> list[bool]:
-    with cursor.copy(f"COPY {_STAGE} ({_STAGE_COLUMNS}) FROM STDIN") as copy:
-        for record in page:
-            copy.write_row((record.key, record.payload_json, record.content_hash))
-    cursor.execute(
-        # Only module constants are formatted in; values are parameters.
-        "INSERT INTO records (source, record_key, payload, content_hash, "  # noqa: S608
-        "first_seen_at, last_seen_at, run_id) "
-        "SELECT %(source)s, record_key, payload, content_hash, %(now)s, %(now)s, "
-        f"%(run_id)s FROM {_STAGE} {_UPDATE_CHANGED} RETURNING (xmax = 0)",
-        {"source": source, "now": stamp, "run_id": run_id},
+def _page_parameters(
+    connection: Connection,
+    source: str,
+    run_id: int,
+    page: Sequence[Record],
+    now: datetime,
+) -> dict[str, Any]:
+    rows = ",".join(
+        f'{{"k":{_json_text(record.key)},"h":"{record.content_hash}",'
+        f'"p":{record.payload_json}}}'
+        for record in page
     )
 
-    return [bool(row[0]) for row in cursor.fetchall()]
+    return {
+        "source": source,
+        "now": _bound_time(connection, now),
+        "run_id": run_id,
+        "page": f"[{rows}]",
+    }
+
+
+def _json_text(value: str) -> str:
+    return orjson.dumps(value).decode()
 
 
 # SQLite

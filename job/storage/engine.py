@@ -25,7 +25,6 @@ from sqlalchemy.exc import (
 import job.migrations
 from job.errors import ConfigError, SchemaError, StorageError, TransientStorageError
 from job.logs import redact_value
-from job.storage.bulk import create_stage
 
 MIGRATIONS_DIR = Path(job.migrations.__file__).parent
 
@@ -97,7 +96,6 @@ def _tune_postgresql(engine: Engine, busy_timeout_s: float) -> None:
         # after a while (and the page is retried) instead of hanging the run.
         cursor = dbapi_connection.cursor()
         cursor.execute(f"SET lock_timeout = {int(busy_timeout_s * 1000)}")
-        create_stage(cursor)
         cursor.close()
         dbapi_connection.commit()
 

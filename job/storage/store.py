@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from job.clock import Clock
 from job.stats import RunStats
-from job.storage.bulk import upsert_page
+from job.storage.bulk import upsert_page, write_page_postgresql
 from job.storage.engine import unreachable
 from job.storage.tables import records, runs, source_state
 
@@ -63,6 +63,7 @@ class Store:
         self.engine = engine
         self._clock = clock
         is_sqlite = engine.dialect.name == "sqlite"
+        self._is_postgresql = not is_sqlite
         self._insert = sqlite.insert if is_sqlite else postgresql.insert
         # SQLite takes one writer at a time. The threads of a backfill queue
         # here and go on the moment the last one commits, instead of meeting
@@ -142,22 +143,26 @@ class Store:
         watermark: Watermark | None = None,
     ) -> PageCounts:
         """Upsert a page, move the watermark and the run's counters, atomically."""
-        latest = {record.key: record for record in page}
+        unique = list({record.key: record for record in page}.values())
         now = self._clock.now()
-        with self._begin() as connection:
-            # The bulk path writes only new and changed records, and counts them.
-            inserted, updated = upsert_page(
-                connection, source, run_id, list(latest.values()), now
-            )
-            counts = PageCounts(
-                inserted=inserted,
-                updated=updated,
-                unchanged=len(latest) - inserted - updated,
-            )
+        if self._is_postgresql:
+            with self._single() as connection:
+                inserted, updated = write_page_postgresql(
+                    connection,
+                    source,
+                    run_id,
+                    unique,
+                    now,
+                    run_before=stats,
+                    seen=len(page),
+                    watermark=watermark,
+                )
+            counts = PageCounts(inserted, updated, len(unique) - inserted - updated)
             after = _counted(stats, counts, len(page))
-            if watermark is not None:
-                self._save_watermark(connection, source, run_id, watermark, now)
-            connection.execute(_COUNT_RUN, {"run": run_id, **_counters(after)})
+        else:
+            counts, after = self._write_page_sqlite(
+                run_id, source, unique, len(page), stats, watermark, now
+            )
         # Only a committed page counts: a page rolled back and retried must
         # not be counted twice. Only the page's own counters are copied back:
         # the others (retries, token requests) may move meanwhile on the
@@ -166,6 +171,27 @@ class Store:
             setattr(stats, name, getattr(after, name))
 
         return counts
+
+    def _write_page_sqlite(
+        self,
+        run_id: int,
+        source: str,
+        unique: list[Record],
+        seen: int,
+        stats: RunStats,
+        watermark: Watermark | None,
+        now: datetime,
+    ) -> tuple[PageCounts, RunStats]:
+        with self._begin() as connection:
+            # The bulk path writes only new and changed records, and counts them.
+            inserted, updated = upsert_page(connection, source, run_id, unique, now)
+            counts = PageCounts(inserted, updated, len(unique) - inserted - updated)
+            after = _counted(stats, counts, seen)
+            if watermark is not None:
+                self._save_watermark(connection, source, run_id, watermark, now)
+            connection.execute(_COUNT_RUN, {"run": run_id, **_counters(after)})
+
+        return counts, after
 
     def count_records(self, source: str | None = None) -> int:
         query = select(func.count()).select_from(records)

@@ -373,10 +373,30 @@ class TestStorageDetails:
 
         store.write_page(run, "items", [record(i) for i in range(1234)], RunStats())
 
-        inserts = [s for s in sent if s.startswith("INSERT INTO records")]
+        # On PostgreSQL each statement shows twice (see statements_sent).
+        inserts = sorted({s for s in sent if "INSERT INTO records" in s})
         assert len(inserts) == 1
         assert "ON CONFLICT" in inserts[0]
         assert store.count_records("items") == 1234
+
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    def test_a_page_is_one_statement_on_postgresql(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """Records, run counters and watermark go in one autocommitted statement."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        sent = statements_sent(engine)
+
+        store.write_page(
+            run, "items", [record(1), record(2)], RunStats(), Watermark("7", "number")
+        )
+
+        (statement,) = set(sent)
+        for table in ("INSERT INTO records", "UPDATE runs", "INSERT INTO source_state"):
+            assert table in statement
+        assert store.watermark("items") == Watermark("7", "number")
+        assert store.recent_runs()[0]["inserted"] == 2
 
 
 def statements_sent(engine: Engine) -> list[str]:
