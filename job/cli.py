@@ -69,7 +69,11 @@ class Context:
         return Store(engine, self.clock)
 
     def pipeline(
-        self, stop: threading.Event | None = None, *, connections: int = 10
+        self,
+        stop: threading.Event | None = None,
+        *,
+        connections: int = 10,
+        read_ahead: bool = True,
     ) -> Pipeline:
         session = bounded_session(requests.Session(), connections)
         session.headers["User-Agent"] = f"job/{__version__}"
@@ -79,6 +83,7 @@ class Context:
             session=session,
             clock=self.clock,
             stop=stop,
+            read_ahead=read_ahead,
         )
 
 
@@ -288,7 +293,8 @@ def once(context: Context, source_name: str | None) -> None:
     default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Windows pulled at once.",
+    help="Requests to the API at once; a few more windows than that are under "
+    "way, so that one window's writes overlap another's requests.",
 )
 @click.option("--redo", is_flag=True, help="Pull windows that already succeeded too.")
 @click.option("--dry-run", is_flag=True, help="Print the windows, pull nothing.")
@@ -307,7 +313,7 @@ def backfill(
     context.settings.source(source_name)
     windows = split_windows(_utc(since), _utc(until), _window_step(window))
     stop = threading.Event()
-    pipeline = context.pipeline(stop, connections=parallel)
+    pipeline = context.pipeline(stop, connections=parallel, read_ahead=False)
     locks = locks_for(pipeline.store.engine)
     job = Backfill(pipeline, locks, source_name, parallel)
     pending = job.pending(windows, redo=redo)

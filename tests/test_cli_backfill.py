@@ -56,6 +56,21 @@ def wait_for_succeeded(store: Store, count: int, timeout_s: float) -> None:
     raise AssertionError(f"fewer than {count} windows succeeded in {timeout_s}s")
 
 
+def most_at_once(runs: list[dict]) -> int:
+    """The most runs that were under way at one moment."""
+    # At equal times an end sorts before a start: touching is not overlapping.
+    edges = sorted(
+        [(run["started_at"], 1) for run in runs]
+        + [(run["finished_at"], -1) for run in runs]
+    )
+    under_way = most = 0
+    for _, step in edges:
+        under_way += step
+        most = max(most, under_way)
+
+    return most
+
+
 class TestBackfillCommand:
     def test_dry_run_prints_the_windows(self, job: Job, sandbox: SandboxServer) -> None:
         """Eight 30 s windows, one per line, and nothing pulled."""
@@ -155,6 +170,22 @@ class TestBackfillCommand:
         events = [json.loads(line)["event"] for line in err.splitlines()]
         assert "backfill.stopping" in events
         assert events[-1] == "backfill.finished"
+
+    def test_parallel_bounds_the_requests_and_keeps_a_spare_window(
+        self, job: Job, sandbox: SandboxServer
+    ) -> None:
+        """--parallel 2: two requests at the API at most, three windows under way."""
+        store = ready(job, sandbox)
+        sandbox.state.latency_s = 0.05
+
+        options = ["--window", "30s", "--parallel", "2"]
+        result = job("backfill", "--source", "items", *RANGE, *options)
+
+        assert result.returncode == 0, result.stderr
+        assert sandbox.state.resource_in_flight_peak == 2
+        assert most_at_once(backfill_runs(store)) == 3
+        ids = sorted(int(r["record_key"]) for r in store.iter_records("items"))
+        assert ids == list(range(1, 240))
 
     def test_off_a_terminal_progress_is_logged(
         self, job: Job, sandbox: SandboxServer

@@ -8,8 +8,14 @@ from collections.abc import Generator
 from contextlib import closing
 
 import pytest
+import requests
+from sqlalchemy.engine import Engine
 
-from job.pipeline import read_ahead
+from job.clock import FakeClock
+from job.pipeline import Pipeline, read_ahead
+from job.sandbox import SandboxServer
+from job.storage.store import Store
+from tests.factories import make_settings
 
 WHO = contextvars.ContextVar("who", default="nobody")
 
@@ -104,3 +110,28 @@ class TestReadAhead:
 
         assert got == [0, 1, 2]
         assert made == [0, 1, 2]
+
+
+class TestPipelineReadsAhead:
+    @pytest.mark.parametrize("wanted", [True, False])
+    def test_only_on_postgresql_and_only_when_wanted(
+        self, sandbox: SandboxServer, engine: Engine, clock: FakeClock, wanted: bool
+    ) -> None:
+        """Pages come from the worker on PostgreSQL; otherwise from the caller."""
+        settings = make_settings(sandbox, engine.url.render_as_string(False))
+        session = requests.Session()
+        fetched_on: set[str] = set()
+        session.hooks["response"].append(
+            lambda *_, **__: fetched_on.add(threading.current_thread().name)
+        )
+        pipeline = Pipeline(
+            settings,
+            store=Store(engine, clock),
+            session=session,
+            clock=clock,
+            read_ahead=wanted,
+        )
+
+        assert pipeline.pull("items").succeeded
+        on_worker = wanted and engine.dialect.name == "postgresql"
+        assert fetched_on == ({"read-ahead_0"} if on_worker else {"MainThread"})

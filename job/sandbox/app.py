@@ -70,7 +70,10 @@ class _Views:
         return self._authorization.token_response()
 
     def resource(self) -> Response:
-        self._state.count_resource_request()
+        with self._state.resource_request():
+            return self._resource()
+
+    def _resource(self) -> Response:
         fault = faults.resource_fault(self._state, request.environ, self._stopping)
         if fault is not None:
             return fault

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,8 @@ class SandboxState:
         "max_page_size",
         "omit_expires_in",
         "repeat_next_link",
+        "resource_in_flight",
+        "resource_in_flight_peak",
         "resource_requests",
         "retry_after_s",
         "revoke_tokens_on_use",
@@ -136,6 +139,9 @@ class SandboxState:
     def _init_counters(self) -> None:
         self.token_requests = 0
         self.resource_requests = 0
+        # Resource requests being answered right now, and the most at once.
+        self.resource_in_flight = 0
+        self.resource_in_flight_peak = 0
         self.last_token_form: dict[str, str] | None = None
 
     def _init_token_quirks(self) -> None:
@@ -294,10 +300,20 @@ class SandboxState:
             self.token_requests += 1
             self.last_token_form = form
 
-    def count_resource_request(self) -> None:
-        """Note one request to the resource endpoint."""
+    @contextmanager
+    def resource_request(self) -> Iterator[None]:
+        """Count a request to the resource endpoint while it is being answered."""
         with self._lock:
             self.resource_requests += 1
+            self.resource_in_flight += 1
+            self.resource_in_flight_peak = max(
+                self.resource_in_flight_peak, self.resource_in_flight
+            )
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.resource_in_flight -= 1
 
     def take(self, knob: str) -> bool:
         """Spend one unit of a "next N requests" knob; False when it is 0."""
