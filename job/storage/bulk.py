@@ -96,13 +96,15 @@ _PG_COUNTED = (
     "SELECT count(*) FILTER (WHERE fresh) AS inserted, "
     "count(*) FILTER (WHERE NOT fresh) AS updated FROM merged"
 )
+# psycopg sends a small int as smallint, and smallint + smallint overflows
+# at 32,767: every count is cast to bigint before it is added.
 _PG_COUNT_RUN = (
-    "UPDATE runs SET pages = %(run_pages)s + 1, "
-    "records_seen = %(run_records_seen)s + %(seen)s, "
-    "inserted = %(run_inserted)s + counted.inserted, "
-    "updated = %(run_updated)s + counted.updated, "
-    "unchanged = %(run_unchanged)s + %(distinct)s - counted.inserted "
-    "- counted.updated, retries = %(run_retries)s, "
+    "UPDATE runs SET pages = %(run_pages)s::bigint + 1, "
+    "records_seen = %(run_records_seen)s::bigint + %(seen)s::bigint, "
+    "inserted = %(run_inserted)s::bigint + counted.inserted, "
+    "updated = %(run_updated)s::bigint + counted.updated, "
+    "unchanged = %(run_unchanged)s::bigint + %(distinct)s::bigint "
+    "- counted.inserted - counted.updated, retries = %(run_retries)s, "
     "rate_limit_waits = %(run_rate_limit_waits)s, "
     "token_requests = %(run_token_requests)s "
     "FROM counted WHERE runs.id = %(run_id)s"

@@ -190,6 +190,26 @@ class TestWritePage:
         assert (row["pages"], row["records_seen"]) == (2, 4)
         assert (row["inserted"], row["unchanged"]) == (3, 1)
 
+    def test_counters_go_past_a_smallint(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """A run past 32,767 records counts on (psycopg sends small ints as int2)."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        big = 32_766  # still a smallint, as psycopg sends it; the sums are not
+        stats = RunStats(pages=big, records_seen=big, inserted=big, unchanged=big)
+
+        store.write_page(run, "items", [record(1), record(1), record(2)], stats)
+
+        row = store.recent_runs()[0]
+        assert (row["pages"], row["records_seen"]) == (big + 1, big + 3)
+        assert (row["inserted"], row["unchanged"]) == (big + 2, big)
+        assert (stats.pages, stats.records_seen, stats.inserted) == (
+            big + 1,
+            big + 3,
+            big + 2,
+        )
+
     @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
     def test_sqlite_writers_of_one_process_take_turns(
         self, engine: Engine, clock: FakeClock
