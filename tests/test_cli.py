@@ -144,6 +144,25 @@ class TestCommands:
 
 
 class TestStartUp:
+    def test_start_up_objects_are_frozen_before_a_command_runs(self) -> None:
+        """The collector never walks the modules again while a pull allocates."""
+        probe = (
+            "import gc, job.cli\n"
+            "before = gc.get_freeze_count()\n"
+            "try:\n"
+            "    job.cli.main(['--config', 'missing.yaml', 'runs'], "
+            "standalone_mode=False)\n"
+            "except BaseException:\n"
+            "    pass\n"
+            "print(before, gc.get_freeze_count() > 10_000)"
+        )
+
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+
+        assert done.stdout.split() == ["0", "True"]
+
     def test_commands_load_neither_the_sandbox_nor_cryptography(self) -> None:
         """Only `job sandbox` and key-based client auth pay for those libraries."""
         probe = (
