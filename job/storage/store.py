@@ -24,12 +24,15 @@ from job.storage.engine import unreachable
 from job.storage.tables import records, runs, source_state
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     """A record ready to store: its key, its content, and a hash of that content.
 
     The JSON text that gets stored is made with the record, so that on
     PostgreSQL the pipeline's read-ahead thread does it, not the writer.
+    Not frozen: a frozen dataclass sets each field through
+    `object.__setattr__`, which made building one 2.4 times as slow, and a
+    pull builds one per record.
     """
 
     key: str
@@ -38,7 +41,7 @@ class Record:
     payload_json: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "payload_json", orjson.dumps(self.payload).decode())
+        self.payload_json = orjson.dumps(self.payload).decode()
 
 
 @dataclass(frozen=True)
