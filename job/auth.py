@@ -223,9 +223,12 @@ class TokenManager(AuthBase):
             attempt=1,
             www_authenticate=response.headers.get("WWW-Authenticate"),
         )
-        fresh = self.renew_after_rejection(sent or "")
+        # Give the connection back first: the token endpoint is often on the
+        # same host, and a bounded pool (a backfill's) would otherwise wait
+        # for it forever.
         _ = response.content
         response.close()
+        fresh = self.renew_after_rejection(sent or "")
         retry = response.request.copy()
         retry.headers["Authorization"] = f"Bearer {fresh.value}"
         connection = response.connection

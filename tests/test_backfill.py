@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
@@ -14,6 +16,7 @@ from job.backfill import (
     Backfill,
     LogReporter,
     Progress,
+    bounded_session,
     rich_reporter,
     split_windows,
 )
@@ -23,6 +26,7 @@ from job.locks import locks_for
 from job.pipeline import Pipeline, RunResult
 from job.sandbox import SandboxServer
 from job.stats import RunStats
+from job.storage.store import Store
 from tests.factories import make_pipeline, make_settings
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -143,6 +147,35 @@ class TestBackfill:
         assert all(result.succeeded for result in results), results
         assert sandbox.state.token_requests == 1
         assert stored_ids(pipeline) == list(range(1, 240))
+
+    def test_a_rejected_token_is_renewed_when_every_connection_is_busy(
+        self, sandbox: SandboxServer, engine: Engine, clock: FakeClock
+    ) -> None:
+        """The 401's connection goes back to the pool before the token request."""
+        settings = make_settings(sandbox, engine.url.render_as_string(False))
+        pipeline = Pipeline(
+            settings,
+            store=Store(engine, clock),
+            session=bounded_session(requests.Session(), 1),
+            clock=clock,
+        )
+        windows = split_windows(at(0), at(60), timedelta(seconds=30))
+        backfill(pipeline).run(windows[:1], Progress(1, clock))
+        sandbox.state.revoke_all_tokens()
+        results: list[RunResult] = []
+
+        worker = threading.Thread(
+            target=lambda: results.extend(
+                backfill(pipeline).run(windows[1:], Progress(1, clock))
+            ),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout=30)
+
+        assert not worker.is_alive(), "the backfill waited for a connection forever"
+        assert [result.succeeded for result in results] == [True]
+        assert sandbox.state.token_requests == 2
 
     def test_windows_leave_the_watermark_alone(
         self, sandbox: SandboxServer, engine: Engine, clock: FakeClock
