@@ -216,8 +216,13 @@ _NUL = (
     "a record holds a NUL character (\\u0000), which PostgreSQL cannot store in "
     "JSON; fix the data at the source or store this source in SQLite"
 )
+_TOO_LONG = (
+    "a record key is longer than the 512 characters the records table holds "
+    "(or a source name longer than 200); check the source's primary_key"
+)
 _ADVICE = (
     ("readonly database", "the file or its folder is not writable; check permissions"),
+    ("value too long for type character varying", _TOO_LONG),
     ("file is not a database", "database.url points at a file that is not SQLite"),
     ("cannot contain nul", _NUL),
     ("unsupported unicode escape", _NUL),

@@ -400,6 +400,23 @@ class TestStorageDetails:
         assert store.count_records("items") == 1234
 
     @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+    def test_a_key_too_long_for_the_table_says_so(
+        self, engine: Engine, clock: FakeClock
+    ) -> None:
+        """Not "check database.url": the key and its limit, and nothing stored."""
+        store = Store(engine, clock)
+        run = store.start_run("items", "once")
+        long_key = Record(key="k" * 600, payload={}, content_hash="h")
+
+        with pytest.raises(StorageError) as caught:
+            store.write_page(run, "items", [record(1), long_key], RunStats())
+
+        assert "512 characters" in caught.value.message
+        assert "primary_key" in caught.value.message
+        assert "database.url" not in caught.value.message
+        assert store.count_records("items") == 0
+
+    @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
     def test_a_page_is_one_statement_on_postgresql(
         self, engine: Engine, clock: FakeClock
     ) -> None:
