@@ -15,13 +15,20 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 import requests
 import structlog
 
 from job.auth import TokenManagers
 from job.clock import Clock
 from job.config import Settings, SourceSettings
-from job.errors import JobError, RunInterrupted, StorageError, TransientStorageError
+from job.errors import (
+    JobError,
+    PermanentFetchError,
+    RunInterrupted,
+    StorageError,
+    TransientStorageError,
+)
 from job.http_client import HttpClient
 from job.logs import redact_value
 from job.retry import RetryPolicy
@@ -286,7 +293,7 @@ class Pipeline:
     ) -> list[Record]:
         batch = []
         for index, item in enumerate(page.records):
-            digest = content_hash(item)
+            digest = _hashed(item, page, index)
             if source.primary_key:
                 key = record_key(
                     item, source.primary_key, page=page.number, index=index
@@ -337,6 +344,17 @@ def read_ahead(
 
 def _step(items: Iterator[T]) -> T:
     return next(items, _END)
+
+
+def _hashed(item: Any, page: Page, index: int) -> str:
+    try:
+        return content_hash(item)
+    except orjson.JSONEncodeError as exc:
+        # Decoding took it, but orjson writes at most 255 levels of nesting.
+        raise PermanentFetchError(
+            f"record {index} on page {page.number} cannot be stored ({exc}: it "
+            "is nested deeper than 255 levels); fix the data at the source"
+        ) from None
 
 
 def _advance(

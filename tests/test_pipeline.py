@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import MetaData, select
 from sqlalchemy.engine import Engine
 
 from job.clock import FakeClock
+from job.errors import PermanentFetchError
 from job.sandbox import SandboxServer
+from job.source import Page
 from tests.factories import SANDBOX_SECRET, make_pipeline, make_settings
 from tests.leaks import LeakWatch
 
@@ -155,3 +158,19 @@ class TestPull:
 
         assert leak_watch.leaks() == []
         assert len(leak_watch.needles()) >= 3
+
+
+class TestRecords:
+    def test_a_record_nested_too_deep_to_store_is_a_clear_error(
+        self, sandbox: SandboxServer, engine: Engine, clock: FakeClock
+    ) -> None:
+        """orjson writes 255 levels at most: the error names the record, no crash."""
+        settings = make_settings(sandbox, engine.url.render_as_string(False))
+        pipeline = make_pipeline(settings, clock)
+        deep: Any = 1
+        for _ in range(300):
+            deep = [deep]
+        page = Page(3, sandbox.resource_url, [{"id": 1}, {"id": 2, "v": deep}])
+
+        with pytest.raises(PermanentFetchError, match=r"record 1 on page 3 .* 255"):
+            pipeline._records(settings.source("items"), page, clock.now())
