@@ -52,11 +52,12 @@ def windows_under_way(parallel: int) -> int:
     Between its requests a window starts its run, stores its last page and
     records how it ended; spare windows use those moments to send their own
     requests, so the connections are not left idle. At --parallel 8 on this
-    project's benchmark machine, 2 spare windows gained nothing and 4 took
-    the backfill from about 1.35 to 1.15 times the ideal time. Capped, as
-    each window under way on PostgreSQL holds a connection for its lock.
+    project's benchmark machine, 2 spare windows gained nothing, 4 took the
+    backfill from about 1.35 to 1.15-1.45 times the ideal time and 8 to
+    1.1-1.4 (the machine is noisy). Capped, as each window under way on
+    PostgreSQL holds a connection for its lock.
     """
-    return parallel + min(MAX_SPARE_WINDOWS, max(1, parallel // 2))
+    return parallel + min(MAX_SPARE_WINDOWS, parallel)
 
 
 def bounded_session(session: requests.Session, connections: int) -> requests.Session:

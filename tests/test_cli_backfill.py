@@ -171,10 +171,10 @@ class TestBackfillCommand:
         assert "backfill.stopping" in events
         assert events[-1] == "backfill.finished"
 
-    def test_parallel_bounds_the_requests_and_keeps_a_spare_window(
+    def test_parallel_bounds_the_requests_and_keeps_spare_windows(
         self, job: Job, sandbox: SandboxServer
     ) -> None:
-        """--parallel 2: two requests at the API at most, three windows under way."""
+        """--parallel 2: two requests at the API at most, four windows under way."""
         store = ready(job, sandbox)
         sandbox.state.latency_s = 0.05
 
@@ -183,7 +183,7 @@ class TestBackfillCommand:
 
         assert result.returncode == 0, result.stderr
         assert sandbox.state.resource_in_flight_peak == 2
-        assert most_at_once(backfill_runs(store)) == 3
+        assert most_at_once(backfill_runs(store)) == 4
         ids = sorted(int(r["record_key"]) for r in store.iter_records("items"))
         assert ids == list(range(1, 240))
 
